@@ -1,0 +1,157 @@
+//! Types that cross the kernel boundary, shared by `netstat-ebpf` and
+//! `netstat-user`.
+//!
+//! Everything here is `#[repr(C)]`, built from fixed-width integers only
+//! (no `bool`, enum or `Option`), ordered so there is no implicit padding,
+//! and its size is pinned by a `const` assertion so both sides agree.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Name of the ring buffer that carries every event to user space.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the per-CPU counter of events the ring buffer had no room for.
+pub const LOST_MAP: &str = "LOST";
+/// Name of the global that holds kernel struct offsets.
+pub const OFFSETS_GLOBAL: &str = "OFFSETS";
+
+/// `EventHeader::kind` of a [`StateChange`].
+pub const EVENT_STATE_CHANGE: u32 = 1;
+
+/// Address families as the kernel numbers them.
+pub const AF_INET: u16 = 2;
+/// Address families as the kernel numbers them.
+pub const AF_INET6: u16 = 10;
+
+/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+/// The process a socket belongs to, captured in process context.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// Thread-group id (what netstat calls the PID); 0 when unknown.
+    pub pid: u32,
+    /// Real uid of the process.
+    pub uid: u32,
+    /// `comm` of the process, NUL-padded, untrusted.
+    pub comm: [u8; 16],
+}
+const _: () = assert!(size_of::<Owner>() == 24);
+
+/// One TCP state transition, as `sock:inet_sock_set_state` saw it.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct StateChange {
+    /// Always [`EVENT_STATE_CHANGE`]; first in every event.
+    pub kind: u32,
+    /// Inode number of the socket's network namespace.
+    pub netns: u32,
+    /// `CLOCK_BOOTTIME` in ns.
+    pub ts_ns: u64,
+    /// Socket cookie: unique for the socket's life and never reused.
+    pub sock: u64,
+    /// When the socket entered its old state (`CLOCK_BOOTTIME` ns); 0 when unknown.
+    pub prev_ts_ns: u64,
+    /// Local address: IPv4 in the first 4 bytes, or IPv6; network order.
+    pub saddr: [u8; 16],
+    /// Remote address, as `saddr`.
+    pub daddr: [u8; 16],
+    /// Who owns the socket (not who happened to be on the CPU).
+    pub owner: Owner,
+    /// Local port, host order.
+    pub sport: u16,
+    /// Remote port, host order.
+    pub dport: u16,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    /// State before (see [`tcp_state`]).
+    pub oldstate: u8,
+    /// State after (see [`tcp_state`]).
+    pub newstate: u8,
+}
+const _: () = assert!(size_of::<StateChange>() == 96);
+
+/// Per-socket state the kernel side carries between events.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct SockInfo {
+    /// When the socket entered its current state (`CLOCK_BOOTTIME` ns).
+    pub since_ns: u64,
+    /// Who owns it.
+    pub owner: Owner,
+}
+const _: () = assert!(size_of::<SockInfo>() == 32);
+
+/// Key of the listener table: where a listening socket waits.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default)]
+pub struct ListenKey {
+    /// Network namespace inode.
+    pub netns: u32,
+    /// Local port, host order.
+    pub port: u16,
+    /// Address family.
+    pub family: u16,
+    /// Bound address; all zeros for a wildcard listener.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<ListenKey>() == 24);
+
+/// A listening socket's owner, handed to the connections it accepts.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct Listener {
+    /// The listening socket's cookie, so only its own close removes the entry.
+    pub sock: u64,
+    /// Who listens.
+    pub owner: Owner,
+}
+const _: () = assert!(size_of::<Listener>() == 32);
+
+/// Byte offsets of the kernel struct fields the programs read, taken from
+/// the running kernel's BTF at start-up (Rust eBPF has no CO-RE).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    /// `sock.__sk_common.skc_daddr` (IPv4 remote, followed by `skc_rcv_saddr`).
+    pub skc_daddr: u32,
+    /// `sock.__sk_common.skc_rcv_saddr`.
+    pub skc_rcv_saddr: u32,
+    /// `sock.__sk_common.skc_dport`.
+    pub skc_dport: u32,
+    /// `sock.__sk_common.skc_family`.
+    pub skc_family: u32,
+    /// `sock.__sk_common.skc_net` (a `struct net *`).
+    pub skc_net: u32,
+    /// `sock.__sk_common.skc_v6_daddr`.
+    pub skc_v6_daddr: u32,
+    /// `sock.__sk_common.skc_v6_rcv_saddr`.
+    pub skc_v6_rcv_saddr: u32,
+    /// `sock.sk_protocol` (a `u16` since Linux 5.6).
+    pub sk_protocol: u32,
+    /// `inet_sock.inet_sport`: still set at `CLOSE`, unlike `skc_num`.
+    pub inet_sport: u32,
+    /// `net.ns.inum`.
+    pub net_ns_inum: u32,
+}
+const _: () = assert!(size_of::<Offsets>() == 40);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: `#[repr(C)]`, made only of integers, with no padding.
+    unsafe impl aya::Pod for super::Offsets {}
+}

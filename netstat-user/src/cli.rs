@@ -1,0 +1,124 @@
+//! The command line.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::offsets::VMLINUX_BTF;
+
+/// netstat rebuilt on eBPF: live TCP state, owners always right.
+#[derive(Parser, Debug)]
+#[command(name = "bnetstat", version, about, long_about = None)]
+pub struct Cli {
+    /// Kernel BTF to read struct offsets from.
+    #[arg(long, global = true, value_name = "PATH", default_value = VMLINUX_BTF)]
+    pub btf: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print every TCP state transition as it happens, with its owner.
+    #[command(after_help = TRACE_EXAMPLES)]
+    Trace(TraceArgs),
+}
+
+const TRACE_EXAMPLES: &str = "\
+Examples:
+  bnetstat trace                     every transition, one line each
+  bnetstat trace --port 443 -4       IPv4 connections to or from port 443
+  bnetstat trace --pid 1234 --json   one JSON object per line for pid 1234
+  bnetstat trace --count 100         stop after 100 transitions";
+
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Only sockets owned by this process (repeatable).
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<u32>,
+    /// Only connections with this port at either end (repeatable).
+    #[arg(long, value_name = "PORT")]
+    pub port: Vec<u16>,
+    /// Only IPv4.
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Only IPv6.
+    #[arg(short = '6')]
+    pub ipv6: bool,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub duration: Option<Duration>,
+    /// Stop after printing this many transitions.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+/// Options for the kernel side, shared by every command that loads it.
+#[derive(Args, Debug)]
+pub struct KernelArgs {
+    /// Kernel ring buffer size in MiB (a power of two).
+    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]
+    pub ring_mib: u32,
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v < 1e9 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("'{s}' is not a positive number of seconds")),
+    }
+}
+
+fn parse_ring_mib(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(v) if v.is_power_of_two() && v <= 1024 => Ok(v),
+        _ => Err(format!("'{s}' is not a power of two from 1 to 1024")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("bnetstat").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn trace_takes_its_filters() {
+        let cli = parse(&[
+            "trace", "--json", "--pid", "7", "--port", "80", "--port", "443", "-6",
+        ])
+        .expect("parses");
+        let Command::Trace(t) = cli.command;
+        assert!(t.json && t.ipv6 && !t.ipv4);
+        assert_eq!((t.pid, t.port), (vec![7], vec![80, 443]));
+        assert_eq!(t.kernel.ring_mib, 8);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for args in [
+            &["trace", "--duration", "-1"][..],
+            &["trace", "--duration", "soon"],
+            &["trace", "--port", "70000"],
+            &["trace", "--ring-mib", "3"],
+            &["trace", "-4", "-6"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} accepted");
+        }
+    }
+
+    #[test]
+    fn fractional_durations_are_fine() {
+        let Command::Trace(t) = parse(&["trace", "--duration", "0.5"])
+            .expect("parses")
+            .command;
+        assert_eq!(t.duration, Some(Duration::from_millis(500)));
+    }
+}

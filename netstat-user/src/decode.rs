@@ -1,0 +1,363 @@
+//! Ring-buffer records to typed events.
+//!
+//! Records are copied out with a length check first and every kernel value
+//! that names something (state, family) is checked, never transmuted.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use netstat_common::{AF_INET, AF_INET6, EVENT_STATE_CHANGE, StateChange};
+
+/// A TCP state, named as netstat prints it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TcpState {
+    Established = 1,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    NewSynRecv,
+}
+
+impl TcpState {
+    /// Every state, in the kernel's order.
+    pub const ALL: [TcpState; 12] = [
+        TcpState::Established,
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::FinWait1,
+        TcpState::FinWait2,
+        TcpState::TimeWait,
+        TcpState::Close,
+        TcpState::CloseWait,
+        TcpState::LastAck,
+        TcpState::Listen,
+        TcpState::Closing,
+        TcpState::NewSynRecv,
+    ];
+
+    /// The name netstat prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            TcpState::Established => "ESTABLISHED",
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::FinWait1 => "FIN_WAIT1",
+            TcpState::FinWait2 => "FIN_WAIT2",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+            TcpState::CloseWait => "CLOSE_WAIT",
+            TcpState::LastAck => "LAST_ACK",
+            TcpState::Listen => "LISTEN",
+            TcpState::Closing => "CLOSING",
+            TcpState::NewSynRecv => "NEW_SYN_RECV",
+        }
+    }
+}
+
+impl TryFrom<u8> for TcpState {
+    type Error = DecodeError;
+
+    fn try_from(v: u8) -> Result<Self, DecodeError> {
+        TcpState::ALL
+            .get(usize::from(v).wrapping_sub(1))
+            .copied()
+            .ok_or(DecodeError::BadState(v))
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Address family of a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    Inet,
+    Inet6,
+}
+
+impl Family {
+    /// The name used in JSON output (`inet`, `inet6`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Inet => "inet",
+            Family::Inet6 => "inet6",
+        }
+    }
+}
+
+/// The process that owns a socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub uid: u32,
+    /// Raw `comm` from the kernel: untrusted, escape before printing.
+    pub comm: String,
+}
+
+/// One TCP state transition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateChangeEvent {
+    /// `CLOCK_BOOTTIME` ns.
+    pub ts_ns: u64,
+    /// Socket cookie.
+    pub sock: u64,
+    pub netns: u32,
+    pub family: Family,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub raddr: IpAddr,
+    pub rport: u16,
+    pub old: TcpState,
+    pub new: TcpState,
+    /// Time spent in `old`, when the socket was seen entering it.
+    pub ns_in_old: Option<u64>,
+    /// `None` for a socket whose owner bnetstat never saw (opened before it
+    /// started).
+    pub owner: Option<Owner>,
+}
+
+/// Everything the kernel side sends.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    StateChange(StateChangeEvent),
+}
+
+/// Why a record could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than its kind needs (or than a kind).
+    Truncated {
+        kind: u32,
+        len: usize,
+    },
+    /// A kind this build does not know: the kernel side is newer.
+    UnknownKind(u32),
+    BadState(u8),
+    BadFamily(u16),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Truncated { kind, len } => {
+                write!(f, "record of kind {kind} truncated at {len} bytes")
+            }
+            DecodeError::UnknownKind(k) => write!(f, "unknown record kind {k}"),
+            DecodeError::BadState(s) => write!(f, "unknown TCP state {s}"),
+            DecodeError::BadFamily(x) => write!(f, "unknown address family {x}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Decodes one ring-buffer record.
+pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
+    let kind = record
+        .get(..4)
+        .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or(DecodeError::Truncated {
+            kind: 0,
+            len: record.len(),
+        })?;
+    match kind {
+        EVENT_STATE_CHANGE => {
+            let raw: StateChange = copy_out(kind, record)?;
+            state_change(&raw).map(Event::StateChange)
+        }
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+/// Copies a `#[repr(C)]` plain-integer struct out of a record.
+fn copy_out<T: Copy>(kind: u32, record: &[u8]) -> Result<T, DecodeError> {
+    if record.len() < size_of::<T>() {
+        return Err(DecodeError::Truncated {
+            kind,
+            len: record.len(),
+        });
+    }
+    // SAFETY: the length is checked and T (a netstat-common event) is made of
+    // integers only, so every bit pattern is valid; the read is unaligned.
+    Ok(unsafe { record.as_ptr().cast::<T>().read_unaligned() })
+}
+
+fn state_change(raw: &StateChange) -> Result<StateChangeEvent, DecodeError> {
+    let family = match raw.family {
+        AF_INET => Family::Inet,
+        AF_INET6 => Family::Inet6,
+        other => return Err(DecodeError::BadFamily(other)),
+    };
+    let owner = (raw.owner.pid != 0).then(|| Owner {
+        pid: raw.owner.pid,
+        uid: raw.owner.uid,
+        comm: comm_string(&raw.owner.comm),
+    });
+    Ok(StateChangeEvent {
+        ts_ns: raw.ts_ns,
+        sock: raw.sock,
+        netns: raw.netns,
+        family,
+        laddr: ip(family, raw.saddr),
+        lport: raw.sport,
+        raddr: ip(family, raw.daddr),
+        rport: raw.dport,
+        old: TcpState::try_from(raw.oldstate)?,
+        new: TcpState::try_from(raw.newstate)?,
+        ns_in_old: (raw.prev_ts_ns != 0).then(|| raw.ts_ns.saturating_sub(raw.prev_ts_ns)),
+        owner,
+    })
+}
+
+fn ip(family: Family, bytes: [u8; 16]) -> IpAddr {
+    match family {
+        Family::Inet => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
+        Family::Inet6 => IpAddr::V6(Ipv6Addr::from(bytes)),
+    }
+}
+
+/// `comm` up to its first NUL, lossily as UTF-8 (still to be escaped).
+fn comm_string(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use netstat_common::{Owner as RawOwner, tcp_state};
+
+    use super::*;
+
+    /// A raw record as the kernel side would write it.
+    pub(crate) fn raw_state_change(old: u8, new: u8) -> StateChange {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        StateChange {
+            kind: EVENT_STATE_CHANGE,
+            netns: 4026531840,
+            ts_ns: 5_000_000,
+            sock: 0x1234,
+            prev_ts_ns: 2_000_000,
+            saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            daddr: [10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            owner: RawOwner {
+                pid: 42,
+                uid: 1000,
+                comm,
+            },
+            sport: 40000,
+            dport: 443,
+            family: AF_INET,
+            oldstate: old,
+            newstate: new,
+        }
+    }
+
+    pub(crate) fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain-integer struct.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn a_state_change_round_trips() {
+        let raw = raw_state_change(tcp_state::SYN_SENT, tcp_state::ESTABLISHED);
+        let Event::StateChange(ev) = decode(&bytes_of(&raw)).expect("decodes");
+        assert_eq!(ev.old, TcpState::SynSent);
+        assert_eq!(ev.new, TcpState::Established);
+        assert_eq!(ev.laddr.to_string(), "127.0.0.1");
+        assert_eq!(ev.raddr.to_string(), "10.1.2.3");
+        assert_eq!((ev.lport, ev.rport), (40000, 443));
+        assert_eq!(ev.ns_in_old, Some(3_000_000));
+        let owner = ev.owner.expect("owner");
+        assert_eq!(
+            (owner.pid, owner.uid, owner.comm.as_str()),
+            (42, 1000, "curl")
+        );
+    }
+
+    #[test]
+    fn ipv6_addresses_use_all_sixteen_bytes() {
+        let mut raw = raw_state_change(tcp_state::CLOSE, tcp_state::SYN_SENT);
+        raw.family = AF_INET6;
+        raw.saddr = Ipv6Addr::LOCALHOST.octets();
+        raw.daddr = "2001:db8::1".parse::<Ipv6Addr>().expect("addr").octets();
+        let Event::StateChange(ev) = decode(&bytes_of(&raw)).expect("decodes");
+        assert_eq!(ev.family, Family::Inet6);
+        assert_eq!(ev.laddr.to_string(), "::1");
+        assert_eq!(ev.raddr.to_string(), "2001:db8::1");
+    }
+
+    #[test]
+    fn unknown_owner_and_unknown_entry_time_stay_unknown() {
+        let mut raw = raw_state_change(tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT);
+        raw.owner = RawOwner::default();
+        raw.prev_ts_ns = 0;
+        let Event::StateChange(ev) = decode(&bytes_of(&raw)).expect("decodes");
+        assert_eq!(ev.owner, None);
+        assert_eq!(ev.ns_in_old, None);
+    }
+
+    #[test]
+    fn every_kernel_state_has_its_netstat_name() {
+        let names: Vec<_> = (1..=12)
+            .map(|s| TcpState::try_from(s).expect("state").name())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "ESTABLISHED",
+                "SYN_SENT",
+                "SYN_RECV",
+                "FIN_WAIT1",
+                "FIN_WAIT2",
+                "TIME_WAIT",
+                "CLOSE",
+                "CLOSE_WAIT",
+                "LAST_ACK",
+                "LISTEN",
+                "CLOSING",
+                "NEW_SYN_RECV"
+            ]
+        );
+        assert_eq!(TcpState::try_from(0), Err(DecodeError::BadState(0)));
+        assert_eq!(TcpState::try_from(13), Err(DecodeError::BadState(13)));
+    }
+
+    #[test]
+    fn bad_records_are_errors_not_panics() {
+        let good = bytes_of(&raw_state_change(tcp_state::CLOSE, tcp_state::LISTEN));
+        assert_eq!(decode(&[]), Err(DecodeError::Truncated { kind: 0, len: 0 }));
+        assert_eq!(
+            decode(&good[..50]),
+            Err(DecodeError::Truncated {
+                kind: EVENT_STATE_CHANGE,
+                len: 50
+            })
+        );
+        let mut unknown = good.clone();
+        unknown[0] = 99;
+        assert_eq!(decode(&unknown), Err(DecodeError::UnknownKind(99)));
+        let mut bad_state = raw_state_change(tcp_state::CLOSE, 77);
+        assert_eq!(
+            decode(&bytes_of(&bad_state)),
+            Err(DecodeError::BadState(77))
+        );
+        bad_state.family = 1;
+        assert_eq!(
+            decode(&bytes_of(&bad_state)),
+            Err(DecodeError::BadFamily(1))
+        );
+    }
+}

@@ -1,0 +1,196 @@
+//! Loads bnetstat's eBPF programs, attaches them, and hands out the raw
+//! records they send and the count of those they could not.
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Btf, Ebpf, EbpfError, EbpfLoader, Endianness,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, ProgramError},
+};
+use netstat_common::{EVENTS_MAP, LOST_MAP, OFFSETS_GLOBAL};
+
+use crate::offsets;
+
+/// The eBPF object, built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netstat"));
+
+/// The tracing programs, by the kernel function or tracepoint they attach to.
+const TRACEPOINTS: &[&str] = &["inet_sock_set_state"];
+
+/// How bnetstat's kernel side is set up.
+pub struct Options<'a> {
+    /// Kernel BTF to read struct offsets and attach points from.
+    pub btf: &'a Path,
+    /// Ring buffer size in bytes (a power of two, at least a page).
+    pub ring_bytes: u32,
+}
+
+/// The loaded, attached kernel side.
+pub struct Kernel {
+    /// Owns the programs and their links: dropping it detaches them.
+    ebpf: Ebpf,
+    events: RingBuf<MapData>,
+    lost: PerCpuArray<MapData, u64>,
+}
+
+impl Kernel {
+    /// Checks privileges, loads every program and attaches it.
+    pub fn load(opts: &Options<'_>) -> Result<Kernel> {
+        check_privileges()?;
+        let offsets = offsets::load(opts.btf)?;
+        let btf = Btf::parse_file(opts.btf, Endianness::default())
+            .map_err(|e| anyhow!("cannot parse kernel BTF {}: {e}", opts.btf.display()))?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global(OFFSETS_GLOBAL, &offsets, true)
+            .map_max_entries(EVENTS_MAP, opts.ring_bytes)
+            .load(OBJECT)
+            .map_err(load_error)?;
+        for &name in TRACEPOINTS {
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("eBPF object has no program {name}"))?
+                .try_into()?;
+            prog.load(name, &btf).map_err(|e| program_error(name, e))?;
+            prog.attach().map_err(|e| program_error(name, e))?;
+        }
+        let events = RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?)?;
+        let lost = PerCpuArray::try_from(take_map(&mut ebpf, LOST_MAP)?)?;
+        Ok(Kernel { ebpf, events, lost })
+    }
+
+    /// Waits until records are ready or `timeout` passes; `Ok(false)` on a
+    /// timeout or a signal.
+    pub fn wait(&self, timeout: Duration) -> io::Result<bool> {
+        let mut pfd = libc::pollfd {
+            fd: self.events.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd.
+        match unsafe { libc::poll(&mut pfd, 1, ms) } {
+            -1 => match io::Error::last_os_error() {
+                e if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+                e => Err(e),
+            },
+            n => Ok(n > 0),
+        }
+    }
+
+    /// Hands every record now in the ring buffer to `f`, oldest first.
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) {
+        while let Some(record) = self.events.next() {
+            f(&record);
+        }
+    }
+
+    /// Events lost since load: those the ring buffer had no room for, and
+    /// those the kernel skipped because the program would have nested on a
+    /// CPU (`recursion_misses`), which the ring buffer never sees.
+    pub fn lost(&self) -> Result<u64> {
+        let full: u64 = self
+            .lost
+            .get(&0, 0)
+            .context("reading the lost counter")?
+            .iter()
+            .sum();
+        let mut missed = 0;
+        for &name in TRACEPOINTS {
+            let prog = self
+                .ebpf
+                .program(name)
+                .ok_or_else(|| anyhow!("no program {name}"))?;
+            missed += recursion_misses(prog.fd()?.as_fd())?;
+        }
+        Ok(full + missed)
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("eBPF object has no map {name}"))
+}
+
+/// Fails early, in one line, when bnetstat cannot load programs at all.
+fn check_privileges() -> Result<()> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .ok_or_else(|| anyhow!("no CapEff in /proc/self/status"))?;
+    let has = |cap: u32| eff & (1 << cap) != 0;
+    if !(has(CAP_SYS_ADMIN) || has(CAP_BPF) && has(CAP_PERFMON)) {
+        bail!(
+            "bnetstat needs root (or CAP_BPF and CAP_PERFMON) to load its eBPF programs: run it with sudo"
+        );
+    }
+    Ok(())
+}
+
+fn load_error(err: EbpfError) -> anyhow::Error {
+    match err {
+        EbpfError::MapError(e) => anyhow!("the kernel refused one of bnetstat's eBPF maps: {e}"),
+        EbpfError::BtfRelocationError(e) => {
+            anyhow!("bnetstat's eBPF object does not fit this kernel's BTF: {e}")
+        }
+        e => anyhow!("cannot load bnetstat's eBPF object: {e}"),
+    }
+}
+
+fn program_error(name: &str, err: ProgramError) -> anyhow::Error {
+    match err {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let last = verifier_log.to_string();
+            let last = last
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            anyhow!(
+                "the kernel refused bnetstat's eBPF program {name} ({io_error}); verifier: {last}"
+            )
+        }
+        e => anyhow!("cannot attach bnetstat's eBPF program {name}: {e}"),
+    }
+}
+
+/// Reads a program's `recursion_misses` with `BPF_OBJ_GET_INFO_BY_FD`
+/// (aya does not expose it).
+fn recursion_misses(fd: BorrowedFd<'_>) -> Result<u64> {
+    use aya_obj::generated::{bpf_attr, bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, bpf_prog_info};
+    // SAFETY: both are plain C structs for which all zeros is valid.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.info.bpf_fd = fd.as_raw_fd() as u32;
+    attr.info.info_len = size_of::<bpf_prog_info>() as u32;
+    attr.info.info = (&raw mut info) as u64;
+    // SAFETY: attr points at info, which lives across the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &raw mut attr,
+            size_of::<bpf_attr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error()).context("BPF_OBJ_GET_INFO_BY_FD");
+    }
+    Ok(info.recursion_misses)
+}

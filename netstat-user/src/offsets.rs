@@ -1,0 +1,120 @@
+//! Kernel struct offsets from the running kernel's BTF.
+//!
+//! Rust eBPF has no CO-RE relocations, so the programs read `struct sock`
+//! fields at offsets found here at start-up: one binary runs on any kernel
+//! with BTF.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use btf_rs::{Btf, Type};
+use netstat_common::Offsets;
+
+/// Where the kernel publishes its own BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Reads the offsets the eBPF programs need from the BTF file at `path`.
+pub fn load(path: &Path) -> Result<Offsets> {
+    if !path.exists() {
+        bail!(
+            "kernel BTF not found at {}: bnetstat needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Linux 5.8 or later)",
+            path.display()
+        );
+    }
+    let btf =
+        Btf::from_file(path).map_err(|e| anyhow!("cannot parse BTF {}: {e}", path.display()))?;
+    let at = |ty: &str, field: &str| -> Result<u32> {
+        field_offset(&btf, ty, field)
+            .with_context(|| format!("kernel BTF has no {ty}.{field} that bnetstat can read"))
+    };
+    Ok(Offsets {
+        skc_daddr: at("sock_common", "skc_daddr")?,
+        skc_rcv_saddr: at("sock_common", "skc_rcv_saddr")?,
+        skc_dport: at("sock_common", "skc_dport")?,
+        skc_family: at("sock_common", "skc_family")?,
+        skc_net: at("sock_common", "skc_net")?,
+        skc_v6_daddr: at("sock_common", "skc_v6_daddr")?,
+        skc_v6_rcv_saddr: at("sock_common", "skc_v6_rcv_saddr")?,
+        sk_protocol: at("sock", "sk_protocol")?,
+        inet_sport: at("inet_sock", "inet_sport")?,
+        net_ns_inum: at("net", "ns.inum")?,
+    })
+}
+
+/// Byte offset of `path` (dot-separated members, anonymous structs and
+/// unions looked through) inside struct `ty`. Bitfields are refused: a probe
+/// read cannot fetch them.
+fn field_offset(btf: &Btf, ty: &str, path: &str) -> Result<u32> {
+    let mut current = btf
+        .resolve_types_by_name(ty)
+        .map_err(|e| anyhow!("{e}"))?
+        .into_iter()
+        .find(|t| matches!(t, Type::Struct(s) if !s.members.is_empty()))
+        .ok_or_else(|| anyhow!("no struct {ty}"))?;
+    let mut bits = 0;
+    for name in path.split('.') {
+        let (offset, ty) =
+            find_member(btf, &current, name)?.ok_or_else(|| anyhow!("no member {name}"))?;
+        bits += offset;
+        current = ty;
+    }
+    if bits % 8 != 0 {
+        bail!("{path} is a bitfield");
+    }
+    Ok(bits / 8)
+}
+
+/// Finds member `name` of a struct or union, searching anonymous members
+/// too; returns its bit offset and its type with typedefs and qualifiers
+/// peeled.
+fn find_member(btf: &Btf, parent: &Type, name: &str) -> Result<Option<(u32, Type)>> {
+    let members = match parent {
+        Type::Struct(s) | Type::Union(s) => &s.members,
+        _ => bail!("not a struct"),
+    };
+    for member in members {
+        let member_name = btf.resolve_name(member).unwrap_or_default();
+        let ty = peel(
+            btf,
+            btf.resolve_chained_type(member)
+                .map_err(|e| anyhow!("{e}"))?,
+        )?;
+        if member.bitfield_size().is_some_and(|s| s != 0) && member_name == name {
+            bail!("{name} is a bitfield");
+        }
+        if member_name == name {
+            return Ok(Some((member.bit_offset(), ty)));
+        }
+        if member_name.is_empty()
+            && let Some((inner, found)) = find_member(btf, &ty, name).ok().flatten()
+        {
+            return Ok(Some((member.bit_offset() + inner, found)));
+        }
+    }
+    Ok(None)
+}
+
+/// Follows typedefs and qualifiers down to the type they name.
+fn peel(btf: &Btf, mut ty: Type) -> Result<Type> {
+    loop {
+        ty = match &ty {
+            Type::Typedef(t) => btf.resolve_chained_type(t),
+            Type::Const(t) | Type::Volatile(t) | Type::Restrict(t) => btf.resolve_chained_type(t),
+            _ => return Ok(ty),
+        }
+        .map_err(|e| anyhow!("{e}"))?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_btf_says_what_is_missing() {
+        let err = load(Path::new("/nonexistent/vmlinux"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
+    }
+}

@@ -1,0 +1,265 @@
+//! `bnetstat trace`: every TCP state transition as it happens.
+
+use std::{
+    io::{self, Write},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    decode::{Event, Family, StateChangeEvent, decode},
+    kernel::Kernel,
+    signals,
+    views::trace as view,
+};
+
+/// Which transitions to show.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Owner pids; empty means any.
+    pub pids: Vec<u32>,
+    /// Ports at either end; empty means any.
+    pub ports: Vec<u16>,
+    /// Only this family, when set.
+    pub family: Option<Family>,
+}
+
+impl Filter {
+    /// Whether `ev` passes. A `--pid` filter drops transitions whose owner is
+    /// unknown.
+    pub fn matches(&self, ev: &StateChangeEvent) -> bool {
+        (self.pids.is_empty()
+            || ev
+                .owner
+                .as_ref()
+                .is_some_and(|o| self.pids.contains(&o.pid)))
+            && (self.ports.is_empty()
+                || self.ports.contains(&ev.lport)
+                || self.ports.contains(&ev.rport))
+            && self.family.is_none_or(|f| f == ev.family)
+    }
+}
+
+/// How `trace` runs.
+pub struct Options {
+    pub json: bool,
+    pub filter: Filter,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Stop after printing this many transitions.
+    pub count: Option<u64>,
+}
+
+/// How often lost events are checked and reported.
+const LOST_CHECK: Duration = Duration::from_secs(1);
+/// Longest wait for events before checking stop conditions.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Streams transitions to `out` until a stop condition or a signal.
+pub fn run(kernel: &mut Kernel, opts: &Options, out: &mut impl Write) -> Result<()> {
+    let deadline = opts.duration.map(|d| Instant::now() + d);
+    let boot_to_wall = boot_to_wall_ns();
+    eprintln!("Tracing TCP state transitions. Ctrl-C to stop.");
+    if !opts.json {
+        writeln!(out, "{}", view::header())?;
+    }
+    let mut printed = 0u64;
+    let mut lost = LostReport::default();
+    let mut undecodable = 0u64;
+    let mut next_lost_check = Instant::now() + LOST_CHECK;
+    let result = loop {
+        let now = Instant::now();
+        if signals::stop_requested() || deadline.is_some_and(|d| now >= d) {
+            break Ok(());
+        }
+        let wait = deadline.map_or(TICK, |d| TICK.min(d - now));
+        kernel.wait(wait).context("waiting for events")?;
+        let mut write_result = Ok(());
+        kernel.drain(|record| {
+            if write_result.is_err() || opts.count.is_some_and(|c| printed >= c) {
+                return;
+            }
+            let ev = match decode(record) {
+                Ok(Event::StateChange(ev)) => ev,
+                Err(_) => {
+                    undecodable += 1;
+                    return;
+                }
+            };
+            if opts.filter.matches(&ev) {
+                let text = if opts.json {
+                    view::json(&ev)
+                } else {
+                    view::line(&ev, boot_to_wall + i128::from(ev.ts_ns))
+                };
+                write_result = writeln!(out, "{text}");
+                printed += 1;
+            }
+        });
+        if let Err(e) = write_result.and_then(|()| out.flush()) {
+            break Err(e);
+        }
+        if opts.count.is_some_and(|c| printed >= c) {
+            break Ok(());
+        }
+        if Instant::now() >= next_lost_check {
+            lost.report(kernel.lost()?, opts.json, out)?;
+            next_lost_check = Instant::now() + LOST_CHECK;
+        }
+    };
+    match result {
+        // A reader that went away (`| head`) is a normal end.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+        other => other?,
+    }
+    lost.report(kernel.lost()?, opts.json, out)?;
+    if undecodable > 0 {
+        eprintln!("bnetstat: {undecodable} kernel records could not be decoded");
+    }
+    Ok(())
+}
+
+/// Reports lost events once each: the count since the last report.
+#[derive(Default)]
+struct LostReport {
+    reported: u64,
+}
+
+impl LostReport {
+    fn report(&mut self, total: u64, json: bool, out: &mut impl Write) -> io::Result<()> {
+        let new = total.saturating_sub(self.reported);
+        if new == 0 {
+            return Ok(());
+        }
+        self.reported = total;
+        eprintln!("bnetstat: {new} events lost (kernel side could not deliver them)");
+        if json {
+            writeln!(out, "{}", view::lost_json(new))?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// Nanoseconds to add to a `CLOCK_BOOTTIME` stamp to get wall-clock time.
+fn boot_to_wall_ns() -> i128 {
+    fn now(clock: libc::clockid_t) -> i128 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid clock id and a timespec we own.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+    }
+    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_BOOTTIME)
+}
+
+#[cfg(test)]
+mod tests {
+    use netstat_common::tcp_state;
+
+    use super::*;
+    use crate::decode::tests::{bytes_of, raw_state_change};
+
+    fn event() -> StateChangeEvent {
+        let Event::StateChange(ev) = decode(&bytes_of(&raw_state_change(
+            tcp_state::SYN_SENT,
+            tcp_state::ESTABLISHED,
+        )))
+        .expect("decodes");
+        ev
+    }
+
+    #[test]
+    fn an_empty_filter_passes_everything() {
+        assert!(Filter::default().matches(&event()));
+    }
+
+    #[test]
+    fn port_filter_matches_either_end() {
+        let ev = event();
+        assert!(
+            Filter {
+                ports: vec![443],
+                ..Filter::default()
+            }
+            .matches(&ev)
+        );
+        assert!(
+            Filter {
+                ports: vec![40000],
+                ..Filter::default()
+            }
+            .matches(&ev)
+        );
+        assert!(
+            !Filter {
+                ports: vec![80],
+                ..Filter::default()
+            }
+            .matches(&ev)
+        );
+    }
+
+    #[test]
+    fn pid_filter_drops_unknown_owners() {
+        let mut ev = event();
+        assert!(
+            Filter {
+                pids: vec![42],
+                ..Filter::default()
+            }
+            .matches(&ev)
+        );
+        assert!(
+            !Filter {
+                pids: vec![43],
+                ..Filter::default()
+            }
+            .matches(&ev)
+        );
+        ev.owner = None;
+        assert!(
+            !Filter {
+                pids: vec![42],
+                ..Filter::default()
+            }
+            .matches(&ev)
+        );
+    }
+
+    #[test]
+    fn family_filter() {
+        let ev = event();
+        assert!(
+            Filter {
+                family: Some(Family::Inet),
+                ..Filter::default()
+            }
+            .matches(&ev)
+        );
+        assert!(
+            !Filter {
+                family: Some(Family::Inet6),
+                ..Filter::default()
+            }
+            .matches(&ev)
+        );
+    }
+
+    #[test]
+    fn lost_events_are_reported_once_each_and_as_json() {
+        let mut report = LostReport::default();
+        let mut out = Vec::new();
+        report.report(0, true, &mut out).expect("write");
+        report.report(5, true, &mut out).expect("write");
+        report.report(5, true, &mut out).expect("write");
+        report.report(7, true, &mut out).expect("write");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "{\"lost\":5}\n{\"lost\":2}\n"
+        );
+    }
+}

@@ -1,0 +1,4 @@
+//! Everything bnetstat prints. Views read events and models; they never
+//! change them.
+
+pub mod trace;

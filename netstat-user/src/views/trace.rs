@@ -1,0 +1,195 @@
+//! How `bnetstat trace` prints a transition: a readable line or a JSON
+//! object. Pure functions of the event.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::{decode::StateChangeEvent, escape::printable};
+
+/// The header above [`line`]s.
+pub fn header() -> String {
+    format!(
+        "{:<12} {:>7} {:<16} {:<27} {:<27} {:<27} {:>9}",
+        "TIME", "PID", "COMM", "LOCAL", "REMOTE", "OLD -> NEW", "MS"
+    )
+}
+
+/// One transition as a line; `wall_ns` is its wall-clock time (ns since
+/// the epoch), shown as local `HH:MM:SS.mmm`.
+pub fn line(ev: &StateChangeEvent, wall_ns: i128) -> String {
+    let (pid, comm) = match &ev.owner {
+        Some(o) => (o.pid.to_string(), printable(&o.comm).into_owned()),
+        None => ("-".to_owned(), "-".to_owned()),
+    };
+    let ms = ev
+        .ns_in_old
+        .map_or_else(|| "-".to_owned(), |ns| format!("{:.3}", ms(ns)));
+    format!(
+        "{:<12} {:>7} {:<16} {:<27} {:<27} {:<27} {:>9}",
+        clock(wall_ns),
+        pid,
+        comm,
+        endpoint(ev.laddr, ev.lport),
+        endpoint(ev.raddr, ev.rport),
+        format!("{} -> {}", ev.old, ev.new),
+        ms
+    )
+}
+
+/// `addr:port`, with IPv6 in brackets.
+pub fn endpoint(addr: IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+/// The `--json` object of a transition. Its keys are a documented
+/// interface: add, never rename.
+#[derive(Serialize)]
+struct TransitionJson<'a> {
+    ts_ns: u64,
+    pid: Option<u32>,
+    comm: Option<&'a str>,
+    family: &'static str,
+    laddr: String,
+    lport: u16,
+    raddr: String,
+    rport: u16,
+    old_state: &'static str,
+    new_state: &'static str,
+    ms_in_old: Option<f64>,
+    sock: String,
+}
+
+/// One transition as a JSON object on one line.
+pub fn json(ev: &StateChangeEvent) -> String {
+    let obj = TransitionJson {
+        ts_ns: ev.ts_ns,
+        pid: ev.owner.as_ref().map(|o| o.pid),
+        comm: ev.owner.as_ref().map(|o| o.comm.as_str()),
+        family: ev.family.name(),
+        laddr: ev.laddr.to_string(),
+        lport: ev.lport,
+        raddr: ev.raddr.to_string(),
+        rport: ev.rport,
+        old_state: ev.old.name(),
+        new_state: ev.new.name(),
+        ms_in_old: ev.ns_in_old.map(ms),
+        sock: format!("{:x}", ev.sock),
+    };
+    serde_json::to_string(&obj).unwrap_or_default()
+}
+
+/// The JSON line that reports lost events.
+pub fn lost_json(lost: u64) -> String {
+    format!("{{\"lost\":{lost}}}")
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+/// Local wall-clock `HH:MM:SS.mmm` of `wall_ns`.
+fn clock(wall_ns: i128) -> String {
+    let secs = wall_ns.div_euclid(1_000_000_000) as libc::time_t;
+    let millis = wall_ns.rem_euclid(1_000_000_000) / 1_000_000;
+    // SAFETY: localtime_r fills the tm we own; all zeros is a valid tm.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    if unsafe { libc::localtime_r(&secs, &mut tm) }.is_null() {
+        return "?".to_owned();
+    }
+    format!(
+        "{:02}:{:02}:{:02}.{millis:03}",
+        tm.tm_hour, tm.tm_min, tm.tm_sec
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use netstat_common::tcp_state;
+
+    use super::*;
+    use crate::decode::{
+        Event, decode,
+        tests::{bytes_of, raw_state_change},
+    };
+
+    fn event(old: u8, new: u8) -> StateChangeEvent {
+        let Event::StateChange(ev) =
+            decode(&bytes_of(&raw_state_change(old, new))).expect("decodes");
+        ev
+    }
+
+    #[test]
+    fn json_has_exactly_the_documented_keys() {
+        let v: serde_json::Value =
+            serde_json::from_str(&json(&event(tcp_state::SYN_SENT, tcp_state::ESTABLISHED)))
+                .expect("valid JSON");
+        let mut keys: Vec<_> = v.as_object().expect("object").keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "comm",
+                "family",
+                "laddr",
+                "lport",
+                "ms_in_old",
+                "new_state",
+                "old_state",
+                "pid",
+                "raddr",
+                "rport",
+                "sock",
+                "ts_ns"
+            ]
+        );
+        assert_eq!(v["old_state"], "SYN_SENT");
+        assert_eq!(v["new_state"], "ESTABLISHED");
+        assert_eq!(v["family"], "inet");
+        assert_eq!(v["pid"], 42);
+        assert_eq!(v["ms_in_old"], 3.0);
+        assert_eq!(v["sock"], "1234");
+    }
+
+    #[test]
+    fn json_escapes_a_hostile_comm() {
+        let mut ev = event(tcp_state::CLOSE, tcp_state::SYN_SENT);
+        ev.owner.as_mut().expect("owner").comm = "a\x1b]0;pwned\x07\"".to_owned();
+        let text = json(&ev);
+        assert!(!text.chars().any(|c| c.is_control()), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(v["comm"], "a\x1b]0;pwned\x07\"");
+    }
+
+    #[test]
+    fn unknown_owner_is_null_in_json_and_a_dash_in_lines() {
+        let mut ev = event(tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT);
+        ev.owner = None;
+        ev.ns_in_old = None;
+        let v: serde_json::Value = serde_json::from_str(&json(&ev)).expect("valid JSON");
+        assert!(v["pid"].is_null() && v["comm"].is_null() && v["ms_in_old"].is_null());
+        let text = line(&ev, 0);
+        assert!(text.contains("  - "), "{text}");
+    }
+
+    #[test]
+    fn a_line_shows_owner_endpoints_and_transition() {
+        let mut ev = event(tcp_state::FIN_WAIT1, tcp_state::FIN_WAIT2);
+        ev.owner.as_mut().expect("owner").comm = "bad\nname".to_owned();
+        let text = line(&ev, 1_700_000_000_123_000_000);
+        assert!(text.contains("127.0.0.1:40000"), "{text}");
+        assert!(text.contains("10.1.2.3:443"), "{text}");
+        assert!(text.contains("FIN_WAIT1 -> FIN_WAIT2"), "{text}");
+        assert!(text.contains("bad\\x0aname"), "{text}");
+        assert!(text.contains(".123 "), "{text}");
+        assert!(text.ends_with("3.000"), "{text}");
+    }
+
+    #[test]
+    fn ipv6_endpoints_are_bracketed() {
+        assert_eq!(endpoint("::1".parse().expect("addr"), 80), "[::1]:80");
+    }
+}
