@@ -59,65 +59,96 @@ const TICK: Duration = Duration::from_millis(100);
 /// Streams transitions to `out` until a stop condition or a signal.
 pub fn run(kernel: &mut Kernel, opts: &Options, out: &mut impl Write) -> Result<()> {
     let deadline = opts.duration.map(|d| Instant::now() + d);
-    let boot_to_wall = boot_to_wall_ns();
     eprintln!("Tracing TCP state transitions. Ctrl-C to stop.");
+    let mut sink = Sink {
+        opts,
+        out,
+        boot_to_wall: boot_to_wall_ns(),
+        printed: 0,
+        undecodable: 0,
+    };
     if !opts.json {
-        writeln!(out, "{}", view::header())?;
+        writeln!(sink.out, "{}", view::header())?;
     }
-    let mut printed = 0u64;
     let mut lost = LostReport::default();
-    let mut undecodable = 0u64;
     let mut next_lost_check = Instant::now() + LOST_CHECK;
     let result = loop {
-        let now = Instant::now();
-        if signals::stop_requested() || deadline.is_some_and(|d| now >= d) {
-            break Ok(());
-        }
-        let wait = deadline.map_or(TICK, |d| TICK.min(d - now));
-        kernel.wait(wait).context("waiting for events")?;
-        let mut write_result = Ok(());
+        // Drain once more after a stop request: what the kernel already
+        // delivered is printed, not dropped.
+        let stop = signals::stop_requested() || deadline.is_some_and(|d| Instant::now() >= d);
+        let mut written = Ok(());
         kernel.drain(|record| {
-            if write_result.is_err() || opts.count.is_some_and(|c| printed >= c) {
-                return;
-            }
-            let ev = match decode(record) {
-                Ok(Event::StateChange(ev)) => ev,
-                Err(_) => {
-                    undecodable += 1;
-                    return;
-                }
-            };
-            if opts.filter.matches(&ev) {
-                let text = if opts.json {
-                    view::json(&ev)
-                } else {
-                    view::line(&ev, boot_to_wall + i128::from(ev.ts_ns))
-                };
-                write_result = writeln!(out, "{text}");
-                printed += 1;
+            if written.is_ok() && !sink.full() {
+                written = sink.record(record);
             }
         });
-        if let Err(e) = write_result.and_then(|()| out.flush()) {
+        if let Err(e) = written.and_then(|()| sink.out.flush()) {
             break Err(e);
         }
-        if opts.count.is_some_and(|c| printed >= c) {
+        if stop || sink.full() {
             break Ok(());
         }
         if Instant::now() >= next_lost_check {
-            lost.report(kernel.lost()?, opts.json, out)?;
+            lost.report(kernel.lost()?, opts.json, sink.out)?;
             next_lost_check = Instant::now() + LOST_CHECK;
         }
+        let wait = deadline.map_or(TICK, |d| {
+            TICK.min(d.saturating_duration_since(Instant::now()))
+        });
+        kernel.wait(wait).context("waiting for events")?;
     };
     match result {
         // A reader that went away (`| head`) is a normal end.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
         other => other?,
     }
-    lost.report(kernel.lost()?, opts.json, out)?;
-    if undecodable > 0 {
-        eprintln!("bnetstat: {undecodable} kernel records could not be decoded");
+    lost.report(kernel.lost()?, opts.json, sink.out)?;
+    if sink.undecodable > 0 {
+        eprintln!(
+            "bnetstat: {} kernel records could not be decoded",
+            sink.undecodable
+        );
     }
     Ok(())
+}
+
+/// Where decoded, filtered transitions go.
+struct Sink<'a, W> {
+    opts: &'a Options,
+    out: &'a mut W,
+    boot_to_wall: i128,
+    printed: u64,
+    undecodable: u64,
+}
+
+impl<W: Write> Sink<'_, W> {
+    /// Whether `--count` is reached.
+    fn full(&self) -> bool {
+        self.opts.count.is_some_and(|c| self.printed >= c)
+    }
+
+    fn record(&mut self, record: &[u8]) -> io::Result<()> {
+        let ev = match decode(record) {
+            Ok(Event::StateChange(ev)) => ev,
+            Err(_) => {
+                self.undecodable += 1;
+                return Ok(());
+            }
+        };
+        if !self.opts.filter.matches(&ev) {
+            return Ok(());
+        }
+        self.printed += 1;
+        if self.opts.json {
+            writeln!(self.out, "{}", view::json(&ev))
+        } else {
+            writeln!(
+                self.out,
+                "{}",
+                view::line(&ev, self.boot_to_wall + i128::from(ev.ts_ns))
+            )
+        }
+    }
 }
 
 /// Reports lost events once each: the count since the last report.

@@ -1,1 +1,263 @@
+//! Helpers for integration tests that run the real `bnetstat` against the
+//! real kernel. Tests panic with a message on any failure: a kernel side
+//! that cannot load fails the test and says why, it never skips it.
+//!
+//! The kernel is shared with every other test and with the host, so each
+//! test uses its own port and processes and looks only at those.
 
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{BufRead, BufReader},
+    net::TcpListener,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The `bnetstat` under test: `$BNETSTAT_BIN` (set by `cargo xtask test`),
+/// else the debug build next to this test binary.
+pub fn bnetstat_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("BNETSTAT_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let guess = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("bnetstat"));
+    match guess {
+        Some(path) if path.exists() => path,
+        _ => panic!("bnetstat binary not found: run the tests with `cargo xtask test`"),
+    }
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "bnetstat-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir).expect("create temp dir");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// A copy of the executable `src` named `name`, so processes started
+    /// from it have `name` as their `comm`.
+    pub fn exe(&self, src: impl AsRef<Path>, name: &str) -> PathBuf {
+        assert!(name.len() <= 15, "comm is at most 15 bytes: {name}");
+        let dst = self.0.join(name);
+        fs::copy(src.as_ref(), &dst).unwrap_or_else(|e| {
+            panic!("copy {} to {}: {e}", src.as_ref().display(), dst.display())
+        });
+        fs::set_permissions(&dst, fs::Permissions::from_mode(0o755)).expect("chmod exe");
+        dst
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        TempDir::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A TCP port free on `addr` right now (the kernel picks it).
+pub fn free_port(addr: &str) -> u16 {
+    let l = TcpListener::bind((addr, 0)).unwrap_or_else(|e| panic!("bind {addr}:0: {e}"));
+    l.local_addr().expect("local_addr").port()
+}
+
+/// Reads lines from `out` until one equals `want`; panics after `timeout`.
+pub fn wait_for_line(out: ChildStdout, want: &str, timeout: Duration) -> ChildStdout {
+    let (tx, rx) = mpsc::channel();
+    let wanted = want.to_owned();
+    thread::spawn(move || {
+        let mut reader = BufReader::new(out);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => {
+                    let _ = tx.send(None);
+                    return;
+                }
+                Ok(_) if line.trim_end() == wanted => {
+                    let _ = tx.send(Some(reader.into_inner()));
+                    return;
+                }
+                Ok(_) => {}
+            }
+        }
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(Some(out)) => out,
+        Ok(None) => panic!("output ended before {want:?}"),
+        Err(_) => panic!("no {want:?} within {timeout:?}"),
+    }
+}
+
+/// Waits for `child` to exit, killing it and panicking after `timeout`.
+pub fn wait_timeout(child: &mut Child, timeout: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {timeout:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `CLOCK_BOOTTIME` now, in ns: the clock of bnetstat's `ts_ns`.
+pub fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A running `bnetstat`, its stdout going to a file.
+pub struct Bnetstat {
+    child: Child,
+    stdout: PathBuf,
+    stderr: mpsc::Receiver<String>,
+    _dir: TempDir,
+}
+
+/// What a stopped `bnetstat` left.
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// Stdout as JSON lines; panics on a line that is not JSON.
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+}
+
+/// How long bnetstat may take to load its programs.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Bnetstat {
+    /// Starts `bnetstat ARGS` and waits until it says it is tracing.
+    /// Panics with bnetstat's own words when it cannot start.
+    pub fn start(args: &[&str]) -> Bnetstat {
+        let dir = TempDir::new();
+        let stdout = dir.path().join("stdout");
+        let mut child = Command::new(bnetstat_bin())
+            .args(args)
+            .stdout(fs::File::create(&stdout).expect("create stdout file"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn bnetstat");
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut seen = Vec::new();
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.starts_with("Tracing") => break,
+                Ok(line) => seen.push(line),
+                Err(_) => {
+                    let status = wait_timeout(&mut child, Duration::from_secs(5), "bnetstat");
+                    panic!(
+                        "bnetstat {args:?} did not start tracing ({status}): {}",
+                        seen.join(" | ")
+                    );
+                }
+            }
+        }
+        Bnetstat {
+            child,
+            stdout,
+            stderr: rx,
+            _dir: dir,
+        }
+    }
+
+    /// Sends SIGINT, waits for bnetstat to exit and returns what it printed.
+    pub fn stop(self) -> Output {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        self.wait()
+    }
+
+    /// Waits for bnetstat to exit by itself.
+    pub fn wait(mut self) -> Output {
+        let status = wait_timeout(&mut self.child, Duration::from_secs(30), "bnetstat");
+        let stderr: Vec<String> = self.stderr.try_iter().collect();
+        Output {
+            status,
+            stdout: fs::read_to_string(&self.stdout).expect("read stdout"),
+            stderr: stderr.join("\n"),
+        }
+    }
+}
+
+/// Transitions grouped by socket id, each socket's in the order received.
+pub fn by_socket(events: &[Value]) -> BTreeMap<String, Vec<&Value>> {
+    let mut socks: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for ev in events {
+        let sock = ev["sock"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no sock in {ev}"));
+        socks.entry(sock.to_owned()).or_default().push(ev);
+    }
+    socks
+}
+
+/// `"OLD -> NEW"` for each transition.
+pub fn transitions(events: &[&Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} -> {}",
+                e["old_state"].as_str().unwrap_or("?"),
+                e["new_state"].as_str().unwrap_or("?")
+            )
+        })
+        .collect()
+}

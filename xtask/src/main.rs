@@ -1,1 +1,250 @@
-fn main() {}
+//! `cargo xtask`: set-up, running and testing bnetstat on a fresh machine.
+//!
+//! Every step checks before it acts, so a second run costs seconds.
+
+use std::{
+    env,
+    ffi::OsStr,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// The bpf-linker release the kernel side is built with.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The toolchain aya-build compiles the eBPF crate with.
+const NIGHTLY: &str = "nightly";
+/// Debian packages the integration tests use.
+const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux"];
+
+#[derive(Parser)]
+#[command(about = "Set up, run and test bnetstat")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building bnetstat needs (idempotent).
+    Setup,
+    /// Set up, build bnetstat (release) and run it with ARGS.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, check formatting and lints, and run every test.
+    Test,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    let root = workspace_root();
+    env::set_current_dir(&root).with_context(|| format!("cd {}", root.display()))?;
+    match task {
+        Task::Setup => setup(&[]),
+        Task::Run { args } => {
+            setup(&[])?;
+            cargo(&["build", "--release", "-p", "netstat-user"])?;
+            let err = Command::new(root.join("target/release/bnetstat"))
+                .args(args)
+                .exec();
+            Err(err).context("running bnetstat")
+        }
+        Task::Test => {
+            setup(TEST_PACKAGES)?;
+            cargo(&["fmt", "--all", "--", "--check"]).context("run `cargo fmt --all`")?;
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
+            cargo(&["build", "-p", "netstat-user"])?;
+            let bin = root.join("target/debug/bnetstat");
+            let status = Command::new("cargo")
+                .args(["test", "--workspace"])
+                .env("BNETSTAT_BIN", &bin)
+                .status()
+                .context("running cargo test")?;
+            if !status.success() {
+                bail!("tests failed");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+/// Installs the eBPF toolchain and `packages`, skipping what is there.
+fn setup(packages: &[&str]) -> Result<()> {
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        bail!(
+            "this kernel has no BTF (/sys/kernel/btf/vmlinux): bnetstat needs CONFIG_DEBUG_INFO_BTF=y"
+        );
+    }
+    nightly_with_rust_src()?;
+    bpf_linker()?;
+    debian_packages(packages)
+}
+
+fn nightly_with_rust_src() -> Result<()> {
+    let installed = output(
+        "rustup",
+        &["component", "list", "--installed", "--toolchain", NIGHTLY],
+    );
+    match installed {
+        Ok(list) if list.lines().any(|l| l.starts_with("rust-src")) => return Ok(()),
+        Ok(_) => step(
+            "adding rust-src to the nightly toolchain",
+            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]),
+        ),
+        Err(_) => step(
+            "installing the nightly toolchain with rust-src",
+            Command::new("rustup").args([
+                "toolchain",
+                "install",
+                NIGHTLY,
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]),
+        ),
+    }
+    .context("the eBPF crate needs nightly's rust-src (-Z build-std), and rustup could not get it")
+}
+
+/// bpf-linker must link against the same LLVM major as the nightly rustc
+/// that emits the bitcode; it is built against the LLVM inside nightly.
+fn bpf_linker() -> Result<()> {
+    if let Ok(v) = output("bpf-linker", &["--version"])
+        && v.contains(BPF_LINKER_VERSION)
+    {
+        return Ok(());
+    }
+    let verbose = output("rustc", &[&format!("+{NIGHTLY}"), "-vV"])?;
+    let llvm_major = verbose
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("rustc +nightly -vV printed no LLVM version")?
+        .to_owned();
+    let sysroot = output("rustc", &[&format!("+{NIGHTLY}"), "--print", "sysroot"])?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let versioned = std::fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .find(|n| n.to_string_lossy().starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
+    let link = lib.join("libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&versioned, &link)
+        .with_context(|| format!("linking {}", link.display()))?;
+    step(
+        &format!("building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {llvm_major}"),
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--force",
+                "--locked",
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{llvm_major}"),
+            ])
+            .env("LLVM_PREFIX", sysroot.trim()),
+    )
+}
+
+fn debian_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg")
+                .args(["-s", p])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "missing Debian packages {}: install them as root",
+            missing.join(" ")
+        );
+    }
+    step(
+        "apt-get update",
+        Command::new("apt-get").args(["update", "-qq"]),
+    )?;
+    step(
+        &format!("installing {}", missing.join(" ")),
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    step(
+        &format!("cargo {}", args.join(" ")),
+        Command::new("cargo").args(args),
+    )
+}
+
+fn step(what: &str, cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {what}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn output(program: impl AsRef<OsStr>, args: &[&str]) -> Result<String> {
+    let program = program.as_ref();
+    let out = Command::new(program)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", program.to_string_lossy()))?;
+    if !out.status.success() {
+        bail!("{} {} failed", program.to_string_lossy(), args.join(" "));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -1,0 +1,88 @@
+//! A scene actor for the integration tests: a TCP server or client in its
+//! own process, so owners can be told apart. Copied to a unique name per
+//! test, its `comm` names its role.
+//!
+//! ```text
+//! netscene listen ADDR PORT [--accept N] [--close-first] [--linger-ms MS]
+//! netscene connect ADDR PORT [--count N] [--wait-eof]
+//! ```
+//! `listen` prints `listening` once it listens. Each accepted connection is
+//! read to EOF, held `--linger-ms`, then closed; with `--close-first` it is
+//! closed at once instead. `connect` sends a line and closes, or with
+//! `--wait-eof` reads until the server closes, then closes.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    process::ExitCode,
+    thread,
+    time::Duration,
+};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netscene: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [mode, addr, port, flags @ ..] = args.as_slice() else {
+        return Err("usage: netscene listen|connect ADDR PORT [flags]".into());
+    };
+    let addr: IpAddr = addr.parse().map_err(|e| format!("address {addr}: {e}"))?;
+    let port: u16 = port.parse().map_err(|e| format!("port {port}: {e}"))?;
+    let at = SocketAddr::new(addr, port);
+    let flag = |name: &str| flags.iter().any(|f| f == name);
+    let value = |name: &str, default: u64| -> Result<u64, String> {
+        match flags.iter().position(|f| f == name) {
+            Some(i) => flags
+                .get(i + 1)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("{name} needs a number")),
+            None => Ok(default),
+        }
+    };
+    match mode.as_str() {
+        "listen" => listen(
+            at,
+            value("--accept", 1)?,
+            flag("--close-first"),
+            value("--linger-ms", 0)?,
+        ),
+        "connect" => connect(at, value("--count", 1)?, flag("--wait-eof")),
+        other => return Err(format!("unknown mode {other}")),
+    }
+    .map_err(|e| e.to_string())
+}
+
+fn listen(at: SocketAddr, accept: u64, close_first: bool, linger_ms: u64) -> std::io::Result<()> {
+    let listener = TcpListener::bind(at)?;
+    println!("listening");
+    std::io::stdout().flush()?;
+    for _ in 0..accept {
+        let (mut conn, _) = listener.accept()?;
+        if !close_first {
+            std::io::copy(&mut conn, &mut std::io::sink())?;
+            thread::sleep(Duration::from_millis(linger_ms));
+        }
+        drop(conn);
+    }
+    Ok(())
+}
+
+fn connect(at: SocketAddr, count: u64, wait_eof: bool) -> std::io::Result<()> {
+    for _ in 0..count {
+        let mut conn = TcpStream::connect(at)?;
+        if wait_eof {
+            conn.read_to_end(&mut Vec::new())?;
+        } else {
+            conn.write_all(b"hello\n")?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! `bnetstat trace` against real loopback connections: the exact
+//! transitions of every socket, and the owner on each of them.
+
+use std::{
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use bnetstat_tests::{
+    Bnetstat, TempDir, boottime_ns, by_socket, free_port, transitions, wait_for_line, wait_timeout,
+};
+use serde_json::Value;
+
+const NETSCENE: &str = env!("CARGO_BIN_EXE_netscene");
+const T: Duration = Duration::from_secs(20);
+
+/// A server process accepts one connection from a client process; the
+/// client writes, closes and exits at once; the server reads to EOF, holds
+/// the connection 200 ms, then closes. So the client's last transition
+/// (FIN_WAIT2 -> CLOSE) happens after the client is gone.
+fn client_and_server(addr: &str, family: &str) {
+    let port = free_port(addr);
+    let tracer = Bnetstat::start(&["trace", "--json", "--port", &port.to_string()]);
+    let dir = TempDir::new();
+    let server_comm = format!("srv{port}");
+    let client_comm = format!("cli{port}");
+    let mut server = Command::new(dir.exe(NETSCENE, &server_comm))
+        .args(["listen", addr, &port.to_string(), "--linger-ms", "200"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn server");
+    let _stdout = wait_for_line(server.stdout.take().expect("stdout"), "listening", T);
+    let mut client = Command::new(dir.exe(NETSCENE, &client_comm))
+        .args(["connect", addr, &port.to_string()])
+        .spawn()
+        .expect("spawn client");
+    let client_pid = u64::from(client.id());
+    assert!(wait_timeout(&mut client, T, "client").success());
+    let client_gone_ns = boottime_ns();
+    assert!(wait_timeout(&mut server, T, "server").success());
+    let server_pid = u64::from(server.id());
+    thread::sleep(Duration::from_millis(100));
+    let out = tracer.stop();
+    assert!(out.status.success(), "bnetstat failed: {}", out.stderr);
+    assert!(!out.stderr.contains("lost"), "{}", out.stderr);
+
+    let events = out.json_lines();
+    let socks = by_socket(&events);
+    let role = |first: &str| -> &Vec<&Value> {
+        let found: Vec<_> = socks
+            .values()
+            .filter(|evs| transitions(evs)[0] == first)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "one socket starting with {first}: {socks:#?}"
+        );
+        found[0]
+    };
+    let listener = role("CLOSE -> LISTEN");
+    let client_sock = role("CLOSE -> SYN_SENT");
+    let accepted = role("LISTEN -> SYN_RECV");
+    assert_eq!(socks.len(), 3, "only the test's three sockets: {socks:#?}");
+
+    assert_eq!(
+        transitions(listener),
+        ["CLOSE -> LISTEN", "LISTEN -> CLOSE"]
+    );
+    assert_eq!(
+        transitions(client_sock),
+        [
+            "CLOSE -> SYN_SENT",
+            "SYN_SENT -> ESTABLISHED",
+            "ESTABLISHED -> FIN_WAIT1",
+            "FIN_WAIT1 -> FIN_WAIT2",
+            "FIN_WAIT2 -> CLOSE"
+        ]
+    );
+    assert_eq!(
+        transitions(accepted),
+        [
+            "LISTEN -> SYN_RECV",
+            "SYN_RECV -> ESTABLISHED",
+            "ESTABLISHED -> CLOSE_WAIT",
+            "CLOSE_WAIT -> LAST_ACK",
+            "LAST_ACK -> CLOSE"
+        ]
+    );
+
+    for (evs, pid, comm) in [
+        (listener, server_pid, &server_comm),
+        (accepted, server_pid, &server_comm),
+        (client_sock, client_pid, &client_comm),
+    ] {
+        for ev in evs {
+            assert_eq!(ev["pid"], pid, "owner pid of {ev}");
+            assert_eq!(ev["comm"], comm.as_str(), "owner comm of {ev}");
+            assert_eq!(ev["family"], family, "{ev}");
+        }
+    }
+
+    // Endpoints: the client's remote is the server's port, and the accepted
+    // socket is the other end of the client's.
+    let (c, a) = (last(client_sock), last(accepted));
+    assert_eq!(
+        (c["raddr"].as_str(), c["rport"].as_u64()),
+        (Some(addr), Some(u64::from(port)))
+    );
+    assert_eq!(
+        (a["laddr"].as_str(), a["lport"].as_u64()),
+        (Some(addr), Some(u64::from(port)))
+    );
+    assert_eq!(a["rport"], c["lport"]);
+
+    // The client's last transition came after it exited, and is still its own.
+    let fin = last(client_sock);
+    assert!(
+        fin["ts_ns"].as_u64().expect("ts_ns") > client_gone_ns,
+        "{fin}"
+    );
+    // Time in the old state is known for every transition after the first.
+    for evs in [listener, client_sock, accepted] {
+        assert!(
+            evs[1..]
+                .iter()
+                .all(|e| e["ms_in_old"].as_f64().is_some_and(|ms| ms >= 0.0))
+        );
+    }
+}
+
+fn last<'a>(evs: &[&'a Value]) -> &'a Value {
+    evs.last().expect("events")
+}
+
+#[test]
+fn ipv4_client_and_server_have_exact_transitions_and_owners() {
+    client_and_server("127.0.0.1", "inet");
+}
+
+#[test]
+fn ipv6_client_and_server_have_exact_transitions_and_owners() {
+    client_and_server("::1", "inet6");
+}
+
+#[test]
+fn count_stops_trace_by_itself() {
+    let port = free_port("127.0.0.1");
+    let tracer = Bnetstat::start(&[
+        "trace",
+        "--json",
+        "--count",
+        "3",
+        "--port",
+        &port.to_string(),
+    ]);
+    let dir = TempDir::new();
+    let mut server = Command::new(dir.exe(NETSCENE, "count-srv"))
+        .args(["listen", "127.0.0.1", &port.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn server");
+    let _stdout = wait_for_line(server.stdout.take().expect("stdout"), "listening", T);
+    let status = Command::new(dir.exe(NETSCENE, "count-cli"))
+        .args(["connect", "127.0.0.1", &port.to_string()])
+        .status()
+        .expect("client");
+    assert!(status.success());
+    assert!(wait_timeout(&mut server, T, "server").success());
+    let out = tracer.wait();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.json_lines().len(), 3, "{}", out.stdout);
+}
+
+#[test]
+fn duration_stops_trace_by_itself() {
+    let tracer = Bnetstat::start(&["trace", "--duration", "0.5", "--port", "1"]);
+    let started = std::time::Instant::now();
+    let out = tracer.wait();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        out.stdout.starts_with("TIME"),
+        "the header line: {}",
+        out.stdout
+    );
+}
