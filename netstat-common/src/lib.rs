@@ -10,12 +10,22 @@ use core::mem::size_of;
 
 /// Name of the ring buffer that carries every event to user space.
 pub const EVENTS_MAP: &str = "EVENTS";
-/// Name of the per-CPU counter of events the ring buffer had no room for.
-pub const LOST_MAP: &str = "LOST";
+/// Name of the per-CPU counters, indexed by [`counter`].
+pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the global that holds kernel struct offsets.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 
-/// `EventHeader::kind` of a [`StateChange`].
+/// Indexes into the per-CPU counters map.
+pub mod counter {
+    /// Events the ring buffer had no room for.
+    pub const RING_FULL: u32 = 0;
+    /// Transitions the first program missed by nesting and the second caught.
+    pub const RECOVERED: u32 = 1;
+    /// How many counters there are.
+    pub const COUNT: u32 = 2;
+}
+
+/// `kind` of a [`StateChange`].
 pub const EVENT_STATE_CHANGE: u32 = 1;
 
 /// Address families as the kernel numbers them.

@@ -29,7 +29,7 @@ use aya_ebpf::{
 };
 use netstat_common::{
     AF_INET, AF_INET6, EVENT_STATE_CHANGE, ListenKey, Listener, Offsets, Owner, SockInfo,
-    StateChange, tcp_state,
+    StateChange, counter, tcp_state,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -38,9 +38,13 @@ const IPPROTO_TCP: u16 = 6;
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 23, 0);
 
-/// Events the ring buffer had no room for, per CPU: never lost silently.
+/// Per-CPU counters user space sums: see `netstat_common::counter`.
 #[map]
-static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Per CPU, 1 while `inet_sock_set_state` runs: see `inet_sock_set_state_nested`.
+#[map]
+static BUSY: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-socket owner and time of the last transition, by socket cookie.
 /// Removed when the socket reaches `CLOSE`; LRU so a missed close cannot
@@ -69,8 +73,25 @@ static OFFSETS: Offsets = Offsets {
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    set_busy(1);
     // Errors are probe reads of a socket being torn down: nothing to report.
     let _ = try_inet_sock_set_state(&ctx);
+    set_busy(0);
+    0
+}
+
+/// The kernel skips a tracing program that would nest on a CPU: when a
+/// softirq interrupts `inet_sock_set_state` (which runs in process context
+/// for connect, listen and close) and changes another socket's state, that
+/// transition would be lost. This second program on the same tracepoint has
+/// its own nesting guard, so it still runs then; it does the work only in
+/// that case, when it finds the first one busy on this CPU.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> i32 {
+    if BUSY.get(0).is_some_and(|b| *b != 0) {
+        count(counter::RECOVERED);
+        let _ = try_inet_sock_set_state(&ctx);
+    }
     0
 }
 
@@ -120,7 +141,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
                     family,
                     addr: saddr,
                 };
-                let _ = LISTENERS.insert(&key, &Listener { sock, owner }, 0);
+                let _ = LISTENERS.insert(key, Listener { sock, owner }, 0);
             }
             (owner, 0)
         }
@@ -132,16 +153,16 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
                 family,
                 addr: saddr,
             };
-            let listener = match unsafe { LISTENERS.get(&key) } {
+            let listener = match unsafe { LISTENERS.get(key) } {
                 Some(l) => Some(*l),
                 None => {
                     key.addr = [0; 16];
-                    unsafe { LISTENERS.get(&key) }.copied()
+                    unsafe { LISTENERS.get(key) }.copied()
                 }
             };
             (listener.map(|l| l.owner).unwrap_or_default(), 0)
         }
-        _ => match SOCKS.get_ptr_mut(&sock) {
+        _ => match SOCKS.get_ptr_mut(sock) {
             // SAFETY: a map value pointer, valid for this program run.
             Some(info) => unsafe {
                 let prev = (*info).since_ns;
@@ -153,7 +174,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     };
 
     if newstate == tcp_state::CLOSE {
-        let _ = SOCKS.remove(&sock);
+        let _ = SOCKS.remove(sock);
         if oldstate == tcp_state::LISTEN {
             let key = ListenKey {
                 netns,
@@ -161,16 +182,16 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
                 family,
                 addr: saddr,
             };
-            if unsafe { LISTENERS.get(&key) }.is_some_and(|l| l.sock == sock) {
-                let _ = LISTENERS.remove(&key);
+            if unsafe { LISTENERS.get(key) }.is_some_and(|l| l.sock == sock) {
+                let _ = LISTENERS.remove(key);
             }
         }
     } else if prev_ts_ns == 0 {
         // First sight of this socket: remember it, owned or not, so the
         // next transition knows its owner and how long this state lasted.
         let _ = SOCKS.insert(
-            &sock,
-            &SockInfo {
+            sock,
+            SockInfo {
                 since_ns: now,
                 owner,
             },
@@ -198,7 +219,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
             entry.write(event);
             entry.submit(0);
         }
-        None => count_lost(),
+        None => count(counter::RING_FULL),
     }
     Ok(())
 }
@@ -211,10 +232,19 @@ fn current_owner() -> Owner {
     }
 }
 
-fn count_lost() {
-    if let Some(n) = LOST.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot; this CPU cannot be re-entered by this program.
+fn count(index: u32) {
+    if let Some(n) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot. The only writer that can interrupt this
+        // one is the nested program, which finishes before we resume, so
+        // the increment is never torn; an atomic add would cost more.
         unsafe { *n += 1 };
+    }
+}
+
+fn set_busy(v: u32) {
+    if let Some(b) = BUSY.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, written only by this program.
+        unsafe { *b = v };
     }
 }
 

@@ -14,15 +14,20 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, ProgramError},
 };
-use netstat_common::{EVENTS_MAP, LOST_MAP, OFFSETS_GLOBAL};
+use netstat_common::{COUNTERS_MAP, EVENTS_MAP, OFFSETS_GLOBAL, counter};
 
 use crate::offsets;
 
 /// The eBPF object, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netstat"));
 
-/// The tracing programs, by the kernel function or tracepoint they attach to.
-const TRACEPOINTS: &[&str] = &["inet_sock_set_state"];
+/// The tracing programs and the tracepoint each attaches to.
+const TRACEPOINTS: &[(&str, &str)] = &[
+    (STATE_PROGRAM, "inet_sock_set_state"),
+    ("inet_sock_set_state_nested", "inet_sock_set_state"),
+];
+/// The program whose nesting misses `inet_sock_set_state_nested` makes up for.
+const STATE_PROGRAM: &str = "inet_sock_set_state";
 
 /// How bnetstat's kernel side is set up.
 pub struct Options<'a> {
@@ -37,7 +42,7 @@ pub struct Kernel {
     /// Owns the programs and their links: dropping it detaches them.
     ebpf: Ebpf,
     events: RingBuf<MapData>,
-    lost: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, u64>,
 }
 
 impl Kernel {
@@ -53,17 +58,22 @@ impl Kernel {
             .map_max_entries(EVENTS_MAP, opts.ring_bytes)
             .load(OBJECT)
             .map_err(load_error)?;
-        for &name in TRACEPOINTS {
+        for &(name, tracepoint) in TRACEPOINTS {
             let prog: &mut BtfTracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("eBPF object has no program {name}"))?
                 .try_into()?;
-            prog.load(name, &btf).map_err(|e| program_error(name, e))?;
+            prog.load(tracepoint, &btf)
+                .map_err(|e| program_error(name, e))?;
             prog.attach().map_err(|e| program_error(name, e))?;
         }
         let events = RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?)?;
-        let lost = PerCpuArray::try_from(take_map(&mut ebpf, LOST_MAP)?)?;
-        Ok(Kernel { ebpf, events, lost })
+        let counters = PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)?;
+        Ok(Kernel {
+            ebpf,
+            events,
+            counters,
+        })
     }
 
     /// Waits until records are ready or `timeout` passes; `Ok(false)` on a
@@ -92,25 +102,41 @@ impl Kernel {
         }
     }
 
-    /// Events lost since load: those the ring buffer had no room for, and
-    /// those the kernel skipped because the program would have nested on a
-    /// CPU (`recursion_misses`), which the ring buffer never sees.
-    pub fn lost(&self) -> Result<u64> {
-        let full: u64 = self
-            .lost
-            .get(&0, 0)
-            .context("reading the lost counter")?
-            .iter()
-            .sum();
-        let mut missed = 0;
-        for &name in TRACEPOINTS {
-            let prog = self
-                .ebpf
-                .program(name)
-                .ok_or_else(|| anyhow!("no program {name}"))?;
-            missed += recursion_misses(prog.fd()?.as_fd())?;
-        }
-        Ok(full + missed)
+    /// Events lost since load.
+    pub fn lost(&self) -> Result<Lost> {
+        let counter = |index: u32| -> Result<u64> {
+            Ok(self
+                .counters
+                .get(&index, 0)
+                .context("reading counters")?
+                .iter()
+                .sum())
+        };
+        let prog = self
+            .ebpf
+            .program(STATE_PROGRAM)
+            .ok_or_else(|| anyhow!("no program {STATE_PROGRAM}"))?;
+        let missed = recursion_misses(prog.fd()?.as_fd())?;
+        Ok(Lost {
+            ring_full: counter(counter::RING_FULL)?,
+            nested: missed.saturating_sub(counter(counter::RECOVERED)?),
+        })
+    }
+}
+
+/// Events the kernel side could not deliver, by cause.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lost {
+    /// The ring buffer had no room: user space fell behind.
+    pub ring_full: u64,
+    /// The kernel skipped the program as nested on a CPU
+    /// (`recursion_misses`) and its stand-in did not catch the transition.
+    pub nested: u64,
+}
+
+impl Lost {
+    pub fn total(self) -> u64 {
+        self.ring_full + self.nested
     }
 }
 

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     decode::{Event, Family, StateChangeEvent, decode},
-    kernel::Kernel,
+    kernel::{Kernel, Lost},
     signals,
     views::trace as view,
 };
@@ -158,13 +158,16 @@ struct LostReport {
 }
 
 impl LostReport {
-    fn report(&mut self, total: u64, json: bool, out: &mut impl Write) -> io::Result<()> {
-        let new = total.saturating_sub(self.reported);
+    fn report(&mut self, lost: Lost, json: bool, out: &mut impl Write) -> io::Result<()> {
+        let new = lost.total().saturating_sub(self.reported);
         if new == 0 {
             return Ok(());
         }
-        self.reported = total;
-        eprintln!("bnetstat: {new} events lost (kernel side could not deliver them)");
+        self.reported = lost.total();
+        eprintln!(
+            "bnetstat: {new} events lost (so far: {} with the ring buffer full, {} skipped by the kernel as nested)",
+            lost.ring_full, lost.nested
+        );
         if json {
             writeln!(out, "{}", view::lost_json(new))?;
             out.flush()?;
@@ -284,10 +287,11 @@ mod tests {
     fn lost_events_are_reported_once_each_and_as_json() {
         let mut report = LostReport::default();
         let mut out = Vec::new();
-        report.report(0, true, &mut out).expect("write");
-        report.report(5, true, &mut out).expect("write");
-        report.report(5, true, &mut out).expect("write");
-        report.report(7, true, &mut out).expect("write");
+        let lost = |ring_full, nested| Lost { ring_full, nested };
+        report.report(lost(0, 0), true, &mut out).expect("write");
+        report.report(lost(3, 2), true, &mut out).expect("write");
+        report.report(lost(3, 2), true, &mut out).expect("write");
+        report.report(lost(4, 3), true, &mut out).expect("write");
         assert_eq!(
             String::from_utf8(out).expect("utf8"),
             "{\"lost\":5}\n{\"lost\":2}\n"

@@ -58,9 +58,13 @@ fn run(task: Task) -> Result<()> {
         Task::Run { args } => {
             setup(&[])?;
             cargo(&["build", "--release", "-p", "netstat-user"])?;
-            let err = Command::new(root.join("target/release/bnetstat"))
-                .args(args)
-                .exec();
+            let bin = root.join("target/release/bnetstat");
+            // Loading eBPF programs needs root: ask for it the usual way.
+            let err = if is_root() {
+                Command::new(bin).args(args).exec()
+            } else {
+                Command::new("sudo").arg(bin).args(args).exec()
+            };
             Err(err).context("running bnetstat")
         }
         Task::Test => {
@@ -69,13 +73,32 @@ fn run(task: Task) -> Result<()> {
             cargo(&[
                 "clippy",
                 "--workspace",
+                "--exclude",
+                "netstat-ebpf",
                 "--all-targets",
                 "--",
                 "-D",
                 "warnings",
             ])?;
-            cargo(&["build", "-p", "netstat-user"])?;
-            let bin = root.join("target/debug/bnetstat");
+            // Apart: with the host crates, feature unification pulls std in.
+            cargo(&[
+                &format!("+{NIGHTLY}"),
+                "clippy",
+                "-p",
+                "netstat-ebpf",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
+            // The tests run the binary users run: an unoptimised reader
+            // falls behind a fast connection loop.
+            cargo(&["build", "--release", "-p", "netstat-user"])?;
+            let bin = root.join("target/release/bnetstat");
             let status = Command::new("cargo")
                 .args(["test", "--workspace"])
                 .env("BNETSTAT_BIN", &bin)
@@ -108,31 +131,46 @@ fn setup(packages: &[&str]) -> Result<()> {
     debian_packages(packages)
 }
 
+/// Nightly, with rust-src for `-Z build-std` and clippy for the eBPF crate.
 fn nightly_with_rust_src() -> Result<()> {
+    const COMPONENTS: [&str; 2] = ["rust-src", "clippy"];
     let installed = output(
         "rustup",
         &["component", "list", "--installed", "--toolchain", NIGHTLY],
     );
-    match installed {
-        Ok(list) if list.lines().any(|l| l.starts_with("rust-src")) => return Ok(()),
-        Ok(_) => step(
-            "adding rust-src to the nightly toolchain",
-            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]),
-        ),
+    let result = match installed {
+        Ok(list) => {
+            let missing: Vec<&str> = COMPONENTS
+                .into_iter()
+                .filter(|c| !list.lines().any(|l| l.starts_with(c)))
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            step(
+                &format!("adding {} to the nightly toolchain", missing.join(" ")),
+                Command::new("rustup")
+                    .args(["component", "add", "--toolchain", NIGHTLY])
+                    .args(&missing),
+            )
+        }
         Err(_) => step(
-            "installing the nightly toolchain with rust-src",
-            Command::new("rustup").args([
-                "toolchain",
-                "install",
-                NIGHTLY,
-                "--profile",
-                "minimal",
-                "--component",
-                "rust-src",
-            ]),
+            "installing the nightly toolchain",
+            Command::new("rustup")
+                .args([
+                    "toolchain",
+                    "install",
+                    NIGHTLY,
+                    "--profile",
+                    "minimal",
+                    "--component",
+                ])
+                .arg(COMPONENTS.join(",")),
         ),
-    }
-    .context("the eBPF crate needs nightly's rust-src (-Z build-std), and rustup could not get it")
+    };
+    result.context(
+        "the eBPF crate needs nightly with rust-src (-Z build-std), and rustup could not get it",
+    )
 }
 
 /// bpf-linker must link against the same LLVM major as the nightly rustc
@@ -216,6 +254,11 @@ fn debian_packages(packages: &[&str]) -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
