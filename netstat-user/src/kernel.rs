@@ -220,3 +220,30 @@ fn recursion_misses(fd: BorrowedFd<'_>) -> Result<u64> {
     }
     Ok(info.recursion_misses)
 }
+
+#[cfg(test)]
+mod tests {
+    use aya_obj::VerifierLog;
+
+    use super::*;
+
+    #[test]
+    fn a_refused_program_is_named_in_one_line_with_the_verifiers_reason() {
+        let err = program_error(
+            "inet_sock_set_state",
+            ProgramError::LoadError {
+                io_error: io::Error::from_raw_os_error(libc::EACCES),
+                verifier_log: VerifierLog::new(
+                    "0: (79) r1 = *(u64 *)(r1 +0)\nR1 invalid mem access 'scalar'\n\n".into(),
+                ),
+            },
+        )
+        .to_string();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("refused") && err.contains("inet_sock_set_state"),
+            "{err}"
+        );
+        assert!(err.ends_with("R1 invalid mem access 'scalar'"), "{err}");
+    }
+}
