@@ -71,3 +71,22 @@ fn bad_arguments_are_usage_errors() {
         "{stderr}"
     );
 }
+
+#[test]
+fn cap_bpf_and_cap_perfmon_are_enough_without_root() {
+    let dir = TempDir::new();
+    let bin = dir.exe(bnetstat_bin(), "bnetstat");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args([
+            "--inh-caps=-all,+bpf,+perfmon",
+            "--ambient-caps=+bpf,+perfmon",
+        ])
+        .arg(&bin)
+        .args(["trace", "--duration", "0.2"])
+        .output()
+        .expect("run setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.starts_with("Tracing"), "{stderr}");
+}
