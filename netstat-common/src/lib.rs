@@ -12,6 +12,10 @@ use core::mem::size_of;
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the per-CPU counters, indexed by [`counter`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Name of the per-socket owner map.
+pub const SOCKS_MAP: &str = "SOCKS";
+/// Name of the listener owner map.
+pub const LISTENERS_MAP: &str = "LISTENERS";
 /// Name of the global that holds kernel struct offsets.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 
@@ -92,8 +96,13 @@ pub struct StateChange {
     pub oldstate: u8,
     /// State after (see [`tcp_state`]).
     pub newstate: u8,
+    /// On a change to `CLOSE`, the socket's pending error (`sk_err`, an
+    /// errno such as `ECONNRESET`); 0 for a clean close and other changes.
+    pub error: u32,
+    /// Keeps the size a multiple of 8.
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<StateChange>() == 96);
+const _: () = assert!(size_of::<StateChange>() == 104);
 
 /// Per-socket state the kernel side carries between events.
 #[repr(C)]
@@ -157,11 +166,42 @@ pub struct Offsets {
     pub inet_sport: u32,
     /// `net.ns.inum`.
     pub net_ns_inum: u32,
+    /// `task_struct.tgid`.
+    pub task_tgid: u32,
+    /// `task_struct.comm`.
+    pub task_comm: u32,
+    /// `file.f_inode`.
+    pub file_inode: u32,
+    /// `inode.i_mode`.
+    pub inode_mode: u32,
+    /// `inode.i_ino`.
+    pub inode_ino: u32,
+    /// `sock.sk_err`.
+    pub sk_err: u32,
 }
-const _: () = assert!(size_of::<Offsets>() == 40);
+const _: () = assert!(size_of::<Offsets>() == 64);
+
+/// An open socket file of a process, as the `iter/task_file` walk finds it.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct SocketFile {
+    /// The socket's inode number (what `sock_diag` calls `idiag_inode`).
+    pub ino: u64,
+    /// Thread-group id of the process holding it.
+    pub pid: u32,
+    /// Its file descriptor there.
+    pub fd: u32,
+    /// `comm` of the process, NUL-padded, untrusted.
+    pub comm: [u8; 16],
+}
+const _: () = assert!(size_of::<SocketFile>() == 32);
 
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: `#[repr(C)]`, made only of integers, with no padding.
     unsafe impl aya::Pod for super::Offsets {}
+    unsafe impl aya::Pod for super::SockInfo {}
+    unsafe impl aya::Pod for super::ListenKey {}
+    unsafe impl aya::Pod for super::Listener {}
+    unsafe impl aya::Pod for super::Owner {}
 }

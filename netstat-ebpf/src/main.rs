@@ -21,7 +21,8 @@ use core::ffi::c_void;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, generated::bpf_get_socket_cookie,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+        generated::{bpf_get_socket_cookie, bpf_seq_write},
     },
     macros::{btf_tracepoint, map},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -29,7 +30,7 @@ use aya_ebpf::{
 };
 use netstat_common::{
     AF_INET, AF_INET6, EVENT_STATE_CHANGE, ListenKey, Listener, Offsets, Owner, SockInfo,
-    StateChange, counter, tcp_state,
+    SocketFile, StateChange, counter, tcp_state,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -69,6 +70,12 @@ static OFFSETS: Offsets = Offsets {
     sk_protocol: 0,
     inet_sport: 0,
     net_ns_inum: 0,
+    task_tgid: 0,
+    task_comm: 0,
+    file_inode: 0,
+    inode_mode: 0,
+    inode_ino: 0,
+    sk_err: 0,
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -173,7 +180,11 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         },
     };
 
+    let mut error = 0;
     if newstate == tcp_state::CLOSE {
+        // A reset or timeout leaves its errno; a clean close leaves 0, and
+        // only a clean close from FIN_WAIT*/CLOSING leaves a TIME_WAIT behind.
+        error = read::<i32>(sk, off.sk_err).unwrap_or(0) as u32;
         let _ = SOCKS.remove(sock);
         if oldstate == tcp_state::LISTEN {
             let key = ListenKey {
@@ -213,6 +224,8 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         family,
         oldstate,
         newstate,
+        error,
+        _pad: 0,
     };
     match EVENTS.reserve::<StateChange>(0) {
         Some(mut entry) => {
@@ -220,6 +233,55 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
             entry.submit(0);
         }
         None => count(counter::RING_FULL),
+    }
+    Ok(())
+}
+
+/// Walks every process's open files (`iter/task_file`) and writes one
+/// [`SocketFile`] per socket, so owners of sockets opened before bnetstat
+/// started come from the kernel's own fd tables, not from `/proc/*/fd`.
+/// aya-ebpf has no macro for iterators: the section names the program type.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task_file")]
+pub fn socket_owners(ctx: *mut c_void) -> i32 {
+    let _ = try_socket_owners(ctx as *const u64);
+    0
+}
+
+fn try_socket_owners(ctx: *const u64) -> Result<(), i64> {
+    const S_IFMT: u16 = 0o170000;
+    const S_IFSOCK: u16 = 0o140000;
+    // SAFETY: `struct bpf_iter__task_file { meta; task; u32 fd; file; }`,
+    // each member 8 bytes apart; task and file are NULL on the last call.
+    let (meta, task, fd, file) = unsafe {
+        (
+            *ctx as *const *mut c_void,
+            *ctx.add(1) as *const u8,
+            *ctx.add(2) as u32,
+            *ctx.add(3) as *const u8,
+        )
+    };
+    if task.is_null() || file.is_null() {
+        return Ok(());
+    }
+    let off = unsafe { core::ptr::read_volatile(&OFFSETS) };
+    let inode = read::<u64>(file, off.file_inode)? as *const u8;
+    if read::<u16>(inode, off.inode_mode)? & S_IFMT != S_IFSOCK {
+        return Ok(());
+    }
+    let record = SocketFile {
+        ino: read(inode, off.inode_ino)?,
+        pid: read(task, off.task_tgid)?,
+        fd,
+        comm: read(task, off.task_comm)?,
+    };
+    // SAFETY: meta->seq is the iterator's seq_file; the record lives on our stack.
+    unsafe {
+        bpf_seq_write(
+            (*meta).cast(),
+            (&raw const record).cast(),
+            size_of::<SocketFile>() as u32,
+        );
     }
     Ok(())
 }

@@ -4,18 +4,101 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::offsets::VMLINUX_BTF;
+use crate::{decode::TcpState, offsets::VMLINUX_BTF};
 
 /// netstat rebuilt on eBPF: live TCP state, owners always right.
 #[derive(Parser, Debug)]
-#[command(name = "bnetstat", version, about, long_about = None)]
+#[command(
+    name = "bnetstat",
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true,
+    after_help = TABLE_EXAMPLES
+)]
 pub struct Cli {
     /// Kernel BTF to read struct offsets from.
     #[arg(long, global = true, value_name = "PATH", default_value = VMLINUX_BTF)]
     pub btf: PathBuf,
 
+    #[command(flatten)]
+    pub table: TableArgs,
+
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+}
+
+const TABLE_EXAMPLES: &str = "\
+Without a command, bnetstat lists connections as netstat does.
+
+Examples:
+  bnetstat -tanp          every TCP socket, numeric, with its process
+  bnetstat -tulpn         listening TCP and UDP sockets
+  bnetstat -tn 2          active TCP connections, redisplayed every 2 s
+  bnetstat -ta --json     one JSON object per socket";
+
+/// netstat's connection-table flags (Linux meanings).
+#[derive(Args, Debug)]
+pub struct TableArgs {
+    /// Show listening and non-listening sockets.
+    #[arg(short, long)]
+    pub all: bool,
+    /// Show only listening sockets.
+    #[arg(short, long)]
+    pub listening: bool,
+    /// TCP sockets.
+    #[arg(short, long)]
+    pub tcp: bool,
+    /// UDP sockets.
+    #[arg(short, long)]
+    pub udp: bool,
+    /// Only IPv4.
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Only IPv6.
+    #[arg(short = '6')]
+    pub ipv6: bool,
+    /// Numeric addresses, ports and users: no name look-ups.
+    #[arg(short, long)]
+    pub numeric: bool,
+    /// Show the PID and name of the program owning each socket.
+    #[arg(short, long)]
+    pub program: bool,
+    /// Show the executable's full path (Windows netstat's -b).
+    #[arg(short = 'b', long = "exe")]
+    pub exe: bool,
+    /// Extra columns: user and inode.
+    #[arg(short, long)]
+    pub extend: bool,
+    /// Show timers (on, keepalive, timewait) with the time left.
+    #[arg(short = 'o', long)]
+    pub timers: bool,
+    /// Never truncate addresses.
+    #[arg(short = 'W', long)]
+    pub wide: bool,
+    /// One JSON object per socket.
+    #[arg(long)]
+    pub json: bool,
+    /// Redisplay every second.
+    #[arg(short, long)]
+    pub continuous: bool,
+    /// Only sockets with this port at either end (repeatable).
+    #[arg(long, value_name = "PORT")]
+    pub port: Vec<u16>,
+    /// Only sockets owned by this process (repeatable).
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<u32>,
+    /// Only sockets in this state, e.g. ESTABLISHED or time-wait (repeatable).
+    #[arg(long, value_name = "STATE", value_parser = parse_state)]
+    pub state: Vec<TcpState>,
+    /// Sockets of every network namespace, with a column naming it.
+    #[arg(long)]
+    pub all_netns: bool,
+    /// Redisplay every INTERVAL seconds.
+    #[arg(value_name = "INTERVAL", value_parser = parse_seconds)]
+    pub interval: Option<Duration>,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -74,6 +157,22 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// A TCP state by its netstat or ss name, in any case.
+fn parse_state(s: &str) -> Result<TcpState, String> {
+    let want = s.to_ascii_uppercase().replace('-', "_");
+    let want = match want.as_str() {
+        "ESTAB" => "ESTABLISHED",
+        "FIN_WAIT_1" => "FIN_WAIT1",
+        "FIN_WAIT_2" => "FIN_WAIT2",
+        "SYN_RECV" | "SYN_RECEIVED" => "SYN_RECV",
+        other => other,
+    };
+    TcpState::ALL
+        .into_iter()
+        .find(|st| st.name() == want)
+        .ok_or_else(|| format!("'{s}' is not a TCP state (ESTABLISHED, LISTEN, TIME_WAIT, ...)"))
+}
+
 fn parse_ring_mib(s: &str) -> Result<u32, String> {
     match s.parse::<u32>() {
         Ok(v) if v.is_power_of_two() && v <= 1024 => Ok(v),
@@ -95,7 +194,9 @@ mod tests {
             "trace", "--json", "--pid", "7", "--port", "80", "--port", "443", "-6",
         ])
         .expect("parses");
-        let Command::Trace(t) = cli.command;
+        let Some(Command::Trace(t)) = cli.command else {
+            panic!("not trace")
+        };
         assert!(t.json && t.ipv6 && !t.ipv4);
         assert_eq!((t.pid, t.port), (vec![7], vec![80, 443]));
         assert_eq!(t.kernel.ring_mib, 8);
@@ -109,6 +210,9 @@ mod tests {
             &["trace", "--port", "70000"],
             &["trace", "--ring-mib", "3"],
             &["trace", "-4", "-6"],
+            &["-t", "--state", "sleeping"],
+            &["-t", "0"],
+            &["-tan", "trace"],
         ] {
             assert!(parse(args).is_err(), "{args:?} accepted");
         }
@@ -116,9 +220,35 @@ mod tests {
 
     #[test]
     fn fractional_durations_are_fine() {
-        let Command::Trace(t) = parse(&["trace", "--duration", "0.5"])
+        let Some(Command::Trace(t)) = parse(&["trace", "--duration", "0.5"])
             .expect("parses")
-            .command;
+            .command
+        else {
+            panic!("not trace")
+        };
         assert_eq!(t.duration, Some(Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn netstat_flags_combine_as_netstat_users_type_them() {
+        let cli = parse(&["-tulpn", "--port", "22", "2"]).expect("parses");
+        let t = cli.table;
+        assert!(cli.command.is_none());
+        assert!(t.tcp && t.udp && t.listening && t.program && t.numeric && !t.all);
+        assert_eq!(t.port, [22]);
+        assert_eq!(t.interval, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn states_parse_by_netstat_and_ss_names() {
+        for (name, state) in [
+            ("ESTABLISHED", TcpState::Established),
+            ("estab", TcpState::Established),
+            ("time-wait", TcpState::TimeWait),
+            ("fin-wait-1", TcpState::FinWait1),
+            ("listen", TcpState::Listen),
+        ] {
+            assert_eq!(parse_state(name), Ok(state), "{name}");
+        }
     }
 }

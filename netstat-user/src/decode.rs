@@ -126,6 +126,9 @@ pub struct StateChangeEvent {
     /// `None` for a socket whose owner bnetstat never saw (opened before it
     /// started).
     pub owner: Option<Owner>,
+    /// On a change to `CLOSE`, the socket's pending errno (`ECONNRESET`
+    /// after a reset); 0 for a clean close.
+    pub error: u32,
 }
 
 /// Everything the kernel side sends.
@@ -218,6 +221,7 @@ fn state_change(raw: &StateChange) -> Result<StateChangeEvent, DecodeError> {
         new: TcpState::try_from(raw.newstate)?,
         ns_in_old: (raw.prev_ts_ns != 0).then(|| raw.ts_ns.saturating_sub(raw.prev_ts_ns)),
         owner,
+        error: raw.error,
     })
 }
 
@@ -262,6 +266,8 @@ pub(crate) mod tests {
             family: AF_INET,
             oldstate: old,
             newstate: new,
+            error: 0,
+            _pad: 0,
         }
     }
 

@@ -2,7 +2,7 @@
 //! records they send and the count of those they could not.
 
 use std::{
-    io,
+    io::{self, Read as _},
     os::fd::{AsFd, AsRawFd, BorrowedFd},
     path::Path,
     time::Duration,
@@ -11,10 +11,13 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader, Endianness,
-    maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, ProgramError},
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, Iter, ProgramError},
 };
-use netstat_common::{COUNTERS_MAP, EVENTS_MAP, OFFSETS_GLOBAL, counter};
+use netstat_common::{
+    COUNTERS_MAP, EVENTS_MAP, LISTENERS_MAP, ListenKey, Listener, OFFSETS_GLOBAL, Owner, SOCKS_MAP,
+    SockInfo, SocketFile, counter,
+};
 
 use crate::offsets;
 
@@ -26,6 +29,8 @@ const TRACEPOINTS: &[(&str, &str)] = &[
     (STATE_PROGRAM, "inet_sock_set_state"),
     ("inet_sock_set_state_nested", "inet_sock_set_state"),
 ];
+/// The iterator that lists every process's socket files.
+const OWNERS_ITERATOR: (&str, &str) = ("socket_owners", "task_file");
 /// The program whose nesting misses `inet_sock_set_state_nested` makes up for.
 const STATE_PROGRAM: &str = "inet_sock_set_state";
 
@@ -67,6 +72,13 @@ impl Kernel {
                 .map_err(|e| program_error(name, e))?;
             prog.attach().map_err(|e| program_error(name, e))?;
         }
+        let (name, target) = OWNERS_ITERATOR;
+        let iter: &mut Iter = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("eBPF object has no program {name}"))?
+            .try_into()?;
+        iter.load(target, &btf)
+            .map_err(|e| program_error(name, e))?;
         let events = RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)?;
         Ok(Kernel {
@@ -100,6 +112,57 @@ impl Kernel {
         while let Some(record) = self.events.next() {
             f(&record);
         }
+    }
+
+    /// Every socket file every process holds, straight from the kernel's fd
+    /// tables (one `iter/task_file` walk).
+    pub fn socket_files(&mut self) -> Result<Vec<SocketFile>> {
+        let (name, _) = OWNERS_ITERATOR;
+        let iter: &mut Iter = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("no program {name}"))?
+            .try_into()?;
+        let link = iter.attach().map_err(|e| program_error(name, e))?;
+        let mut file = iter
+            .take_link(link)?
+            .into_file()
+            .context("creating the fd iterator")?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).context("walking open files")?;
+        Ok(bytes
+            .chunks_exact(size_of::<SocketFile>())
+            // SAFETY: SocketFile is plain integers; each chunk is exactly one.
+            .map(|c| unsafe { c.as_ptr().cast::<SocketFile>().read_unaligned() })
+            .collect())
+    }
+
+    /// Tells the kernel side who owns sockets that existed before it was
+    /// loaded, so their later transitions, and connections their listeners
+    /// accept, carry the owner. Never overwrites what the kernel captured
+    /// itself in the meantime.
+    pub fn seed_owners(
+        &mut self,
+        socks: impl IntoIterator<Item = (u64, Owner)>,
+        listeners: impl IntoIterator<Item = (ListenKey, Listener)>,
+    ) -> Result<()> {
+        const BPF_NOEXIST: u64 = 1;
+        let mut map: HashMap<_, u64, SockInfo> = HashMap::try_from(self.map_mut(SOCKS_MAP)?)?;
+        for (cookie, owner) in socks {
+            ignore_exists(map.insert(cookie, SockInfo { since_ns: 0, owner }, BPF_NOEXIST))?;
+        }
+        let mut map: HashMap<_, ListenKey, Listener> =
+            HashMap::try_from(self.map_mut(LISTENERS_MAP)?)?;
+        for (key, listener) in listeners {
+            ignore_exists(map.insert(key, listener, BPF_NOEXIST))?;
+        }
+        Ok(())
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("eBPF object has no map {name}"))
     }
 
     /// Events lost since load.
@@ -137,6 +200,14 @@ pub struct Lost {
 impl Lost {
     pub fn total(self) -> u64 {
         self.ring_full + self.nested
+    }
+}
+
+/// An entry that is already there is one the kernel filled in itself.
+fn ignore_exists(result: Result<(), MapError>) -> Result<()> {
+    match result {
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        other => Ok(other?),
     }
 }
 

@@ -1,18 +1,25 @@
 //! bnetstat: netstat rebuilt on eBPF.
 //!
-//! Data flows one way: `kernel` (load, attach, raw records) -> `decode`
-//! (typed events) -> commands (`trace`) -> `views` (what is printed).
+//! Data flows one way: `kernel` (load, attach, raw records) and `seed`
+//! (the start-up snapshot) -> `decode` (typed events) -> `model` (the live
+//! table) -> commands (`trace`, `connections`) -> `views` (what is printed).
 
 mod cli;
+mod clock;
+mod connections;
 mod decode;
 mod escape;
 mod kernel;
+mod model;
+mod names;
 mod offsets;
+mod seed;
 mod signals;
+mod sockdiag;
 mod trace;
 mod views;
 
-use std::{io, process::ExitCode};
+use std::{io, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
@@ -37,7 +44,44 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     signals::install().context("installing signal handlers")?;
     match cli.command {
-        Command::Trace(args) => {
+        None => {
+            let args = cli.table;
+            let mut kernel = load_kernel(&cli.btf, &args.kernel)?;
+            let netns = if args.all_netns {
+                None
+            } else {
+                Some(seed::own_netns()?)
+            };
+            let opts = connections::Options {
+                view: views::table::Options {
+                    all: args.all,
+                    listening: args.listening,
+                    tcp: args.tcp,
+                    udp: args.udp,
+                    family: family(args.ipv4, args.ipv6),
+                    extra: args.extend,
+                    programs: args.program,
+                    timers: args.timers,
+                    wide: args.wide,
+                    exe: args.exe,
+                    ports: args.port,
+                    pids: args.pid,
+                    states: args.state,
+                    netns,
+                },
+                json: args.json,
+                numeric: args.numeric,
+                interval: args
+                    .interval
+                    .or(args.continuous.then_some(Duration::from_secs(1))),
+            };
+            connections::run(
+                &mut kernel,
+                &opts,
+                &mut io::BufWriter::new(io::stdout().lock()),
+            )
+        }
+        Some(Command::Trace(args)) => {
             let mut kernel = load_kernel(&cli.btf, &args.kernel)?;
             let family = match (args.ipv4, args.ipv6) {
                 (true, _) => Some(Family::Inet),
@@ -60,6 +104,14 @@ fn run(cli: Cli) -> Result<()> {
                 &mut io::BufWriter::new(io::stdout().lock()),
             )
         }
+    }
+}
+
+fn family(ipv4: bool, ipv6: bool) -> Option<Family> {
+    match (ipv4, ipv6) {
+        (true, _) => Some(Family::Inet),
+        (_, true) => Some(Family::Inet6),
+        _ => None,
     }
 }
 

@@ -38,6 +38,12 @@ pub fn load(path: &Path) -> Result<Offsets> {
         sk_protocol: at("sock", "sk_protocol")?,
         inet_sport: at("inet_sock", "inet_sport")?,
         net_ns_inum: at("net", "ns.inum")?,
+        task_tgid: at("task_struct", "tgid")?,
+        task_comm: at("task_struct", "comm")?,
+        file_inode: at("file", "f_inode")?,
+        inode_mode: at("inode", "i_mode")?,
+        inode_ino: at("inode", "i_ino")?,
+        sk_err: at("sock", "sk_err")?,
     })
 }
 

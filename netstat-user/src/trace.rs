@@ -8,6 +8,7 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
+    clock,
     decode::{Event, Family, StateChangeEvent, decode},
     kernel::{Kernel, Lost},
     signals,
@@ -63,7 +64,7 @@ pub fn run(kernel: &mut Kernel, opts: &Options, out: &mut impl Write) -> Result<
     let mut sink = Sink {
         opts,
         out,
-        boot_to_wall: boot_to_wall_ns(),
+        boot_to_wall: clock::boot_to_wall_ns(),
         printed: 0,
         undecodable: 0,
     };
@@ -174,20 +175,6 @@ impl LostReport {
         }
         Ok(())
     }
-}
-
-/// Nanoseconds to add to a `CLOCK_BOOTTIME` stamp to get wall-clock time.
-fn boot_to_wall_ns() -> i128 {
-    fn now(clock: libc::clockid_t) -> i128 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid clock id and a timespec we own.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-    }
-    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_BOOTTIME)
 }
 
 #[cfg(test)]

@@ -1,0 +1,104 @@
+//! `bnetstat [-atulnpeoWb] [INTERVAL]`: the connection table, seeded once
+//! from the kernel and then kept current by events. With an interval it is
+//! redisplayed from the live model; nothing is read again.
+
+use std::{
+    io::{self, Write},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    clock, decode::decode, kernel::Kernel, model::Model, names::SystemNames, seed, signals,
+    views::table,
+};
+
+/// How `bnetstat` lists connections.
+pub struct Options {
+    pub view: table::Options,
+    pub json: bool,
+    /// `-n`.
+    pub numeric: bool,
+    /// Redisplay this often (`-c`, or a trailing number of seconds).
+    pub interval: Option<Duration>,
+}
+
+/// How long a table may wait for host names before it shows numbers.
+const NAME_PATIENCE: Duration = Duration::from_millis(300);
+/// Longest wait for events between checks for a stop request.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Prints the table once, or every interval until stopped.
+pub fn run(kernel: &mut Kernel, opts: &Options, out: &mut impl Write) -> Result<()> {
+    let mut model = Model::default();
+    for (cookie, sock) in seed::take(kernel, clock::boottime_ns())? {
+        model.seed(cookie, sock);
+    }
+    let names = SystemNames::new(opts.numeric);
+    let mut reported_lost = 0;
+    loop {
+        apply_pending(kernel, &mut model);
+        model.prune(clock::boottime_ns());
+        let lost = kernel.lost()?.total();
+        if lost > reported_lost {
+            eprintln!(
+                "bnetstat: {} events lost: the table may be out of date",
+                lost - reported_lost
+            );
+            reported_lost = lost;
+        }
+        match print(&model, opts, &names, out) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+            other => other?,
+        }
+        let Some(interval) = opts.interval else {
+            return Ok(());
+        };
+        let next = Instant::now() + interval;
+        loop {
+            if signals::stop_requested() {
+                return Ok(());
+            }
+            let left = next.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            kernel.wait(left.min(TICK)).context("waiting for events")?;
+            apply_pending(kernel, &mut model);
+        }
+    }
+}
+
+fn print(
+    model: &Model,
+    opts: &Options,
+    names: &SystemNames,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    let now = clock::boottime_ns();
+    if !opts.numeric {
+        let rows = table::select(model, &opts.view);
+        names.prefetch(
+            rows.iter().flat_map(|(_, s)| [s.laddr, s.raddr]),
+            NAME_PATIENCE,
+        );
+    }
+    let text = if opts.json {
+        table::json(model, &opts.view, names)
+    } else {
+        table::render(model, &opts.view, names, now)
+    };
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+/// Applies every event the kernel has delivered so far.
+fn apply_pending(kernel: &mut Kernel, model: &mut Model) {
+    kernel.drain(|record| {
+        // A record this build cannot read says nothing about the table.
+        if let Ok(event) = decode(record) {
+            model.apply(&event);
+        }
+    });
+}

@@ -1,0 +1,391 @@
+//! The live socket table: fed once by the seed, then kept current by
+//! events. Pure: no I/O, no clock of its own; O(1) per event.
+//!
+//! Rows are keyed by socket cookie, which the kernel never reuses, so a
+//! socket reopened at the same address or 4-tuple is a new row.
+//!
+//! The seed is a snapshot taken after the programs are attached, so events
+//! queued meanwhile may predate it. Applying them in order after the seed
+//! still ends in the kernel's state: each carries the socket's full new
+//! state and addresses, so a replayed one is overwritten by the later ones
+//! that follow it, and a socket that closed before the snapshot gets its
+//! row created and removed again. A row is keyed by cookie, so
+//! nothing seen both ways is listed twice.
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap},
+    net::IpAddr,
+};
+
+use crate::{
+    decode::{Event, Family, Owner, StateChangeEvent, TcpState},
+    sockdiag::Proto,
+};
+
+/// One socket as netstat shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sock {
+    pub proto: Proto,
+    pub family: Family,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub raddr: IpAddr,
+    pub rport: u16,
+    /// UDP uses `Established` for a connected socket and `Close` for the rest,
+    /// as the kernel does.
+    pub state: TcpState,
+    /// Inode number of its network namespace.
+    pub netns: u32,
+    pub owner: Option<Owner>,
+    pub uid: Option<u32>,
+    pub inode: Option<u32>,
+    /// Queues and timer as last read from the kernel; events do not carry
+    /// them, so a state change forgets the timer.
+    pub recv_q: Option<u32>,
+    pub send_q: Option<u32>,
+    pub timer: Option<Timer>,
+    /// When it entered `state` (`CLOCK_BOOTTIME` ns), if seen.
+    pub since_ns: Option<u64>,
+    /// For `TIME_WAIT`: when the kernel lets it go (`CLOCK_BOOTTIME` ns).
+    pub expires_ns: Option<u64>,
+}
+
+/// How long a connection stays in `TIME_WAIT` (`TCP_TIMEWAIT_LEN`).
+pub const TIME_WAIT_NS: u64 = 60_000_000_000;
+
+/// A socket timer, as `netstat -o` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timer {
+    pub kind: TimerKind,
+    /// Time left, ms.
+    pub left_ms: u32,
+    pub retransmits: u8,
+}
+
+/// Which timer runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerKind {
+    Off,
+    /// Retransmission (netstat says `on`).
+    On,
+    Keepalive,
+    TimeWait,
+    /// Zero-window probe.
+    Probe,
+}
+
+/// The live table.
+#[derive(Debug, Default)]
+pub struct Model {
+    socks: HashMap<u64, Sock>,
+    /// `TIME_WAIT` rows by expiry: no event marks their end.
+    expiries: BinaryHeap<Reverse<(u64, u64)>>,
+}
+
+impl Model {
+    /// Adds a socket from the seed.
+    pub fn seed(&mut self, cookie: u64, sock: Sock) {
+        if let Some(at) = sock.expires_ns {
+            self.expiries.push(Reverse((at, cookie)));
+        }
+        self.socks.insert(cookie, sock);
+    }
+
+    /// Drops the `TIME_WAIT` rows that have expired by `now_ns`
+    /// (`CLOCK_BOOTTIME`).
+    pub fn prune(&mut self, now_ns: u64) {
+        while let Some(&Reverse((at, cookie))) = self.expiries.peek() {
+            if at > now_ns {
+                break;
+            }
+            self.expiries.pop();
+            if self
+                .socks
+                .get(&cookie)
+                .is_some_and(|s| s.expires_ns == Some(at))
+            {
+                self.socks.remove(&cookie);
+            }
+        }
+    }
+
+    /// Applies one kernel event.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::StateChange(ev) => self.state_change(ev),
+        }
+    }
+
+    fn state_change(&mut self, ev: &StateChangeEvent) {
+        if ev.new == TcpState::Close {
+            self.socks.remove(&ev.sock);
+            // A clean active close hands the connection to a TIME_WAIT
+            // socket that keeps the cookie; no event marks its end.
+            if ev.error == 0
+                && matches!(
+                    ev.old,
+                    TcpState::FinWait1 | TcpState::FinWait2 | TcpState::Closing
+                )
+            {
+                let at = ev.ts_ns.saturating_add(TIME_WAIT_NS);
+                let mut tw = Sock::from_event(ev);
+                (tw.state, tw.since_ns, tw.expires_ns) =
+                    (TcpState::TimeWait, Some(ev.ts_ns), Some(at));
+                (tw.recv_q, tw.send_q) = (Some(0), Some(0));
+                self.socks.insert(ev.sock, tw);
+                self.expiries.push(Reverse((at, ev.sock)));
+            }
+            return;
+        }
+        let sock = self
+            .socks
+            .entry(ev.sock)
+            .or_insert_with(|| Sock::from_event(ev));
+        sock.state = ev.new;
+        sock.since_ns = Some(ev.ts_ns);
+        sock.timer = None;
+        sock.expires_ns = None;
+        // connect() reports the state change before it picks the local
+        // port: keep what is known rather than show port 0.
+        if ev.lport != 0 || sock.lport == 0 {
+            (sock.laddr, sock.lport) = (ev.laddr, ev.lport);
+        }
+        (sock.raddr, sock.rport) = (ev.raddr, ev.rport);
+        if let Some(owner) = &ev.owner {
+            sock.owner = Some(owner.clone());
+            sock.uid.get_or_insert(owner.uid);
+        }
+    }
+
+    /// Every socket, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Sock)> {
+        self.socks.iter().map(|(&k, v)| (k, v))
+    }
+}
+
+impl Sock {
+    /// A TCP row from what a transition says, for a socket not seen before.
+    fn from_event(ev: &StateChangeEvent) -> Sock {
+        Sock {
+            proto: Proto::Tcp,
+            family: ev.family,
+            laddr: ev.laddr,
+            lport: ev.lport,
+            raddr: ev.raddr,
+            rport: ev.rport,
+            state: ev.new,
+            netns: ev.netns,
+            owner: None,
+            uid: None,
+            inode: None,
+            recv_q: None,
+            send_q: None,
+            timer: None,
+            since_ns: None,
+            expires_ns: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    fn owner(pid: u32, comm: &str) -> Option<Owner> {
+        Some(Owner {
+            pid,
+            uid: 1000,
+            comm: comm.into(),
+        })
+    }
+
+    fn change(sock: u64, ts: u64, old: TcpState, new: TcpState, owner: Option<Owner>) -> Event {
+        Event::StateChange(StateChangeEvent {
+            ts_ns: ts,
+            sock,
+            netns: 1,
+            family: Family::Inet,
+            laddr: LO,
+            lport: if new == SynSent { 0 } else { 40000 },
+            raddr: LO,
+            rport: 80,
+            old,
+            new,
+            ns_in_old: None,
+            owner,
+            error: 0,
+        })
+    }
+
+    fn seeded(state: TcpState, owner: Option<Owner>) -> Sock {
+        Sock {
+            proto: Proto::Tcp,
+            family: Family::Inet,
+            laddr: LO,
+            lport: 80,
+            raddr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            rport: 0,
+            state,
+            netns: 1,
+            owner,
+            uid: Some(0),
+            inode: Some(99),
+            recv_q: Some(0),
+            send_q: Some(128),
+            timer: None,
+            since_ns: None,
+            expires_ns: None,
+        }
+    }
+
+    use TcpState::*;
+
+    impl Model {
+        fn get(&self, cookie: u64) -> Option<&Sock> {
+            self.socks.get(&cookie)
+        }
+
+        fn len(&self) -> usize {
+            self.socks.len()
+        }
+    }
+
+    #[test]
+    fn a_connection_the_seed_missed_is_created_by_its_events_and_removed_at_close() {
+        let mut m = Model::default();
+        m.apply(&change(7, 1, Close, SynSent, owner(42, "curl")));
+        assert_eq!(m.get(7).map(|s| s.state), Some(SynSent));
+        m.apply(&change(7, 2, SynSent, Established, owner(42, "curl")));
+        let s = m.get(7).expect("row");
+        assert_eq!(
+            (s.state, s.lport, s.since_ns),
+            (Established, 40000, Some(2))
+        );
+        assert_eq!(s.owner.as_ref().map(|o| o.pid), Some(42));
+        m.apply(&change(7, 3, Established, FinWait1, owner(42, "curl")));
+        m.apply(&change(7, 4, FinWait1, FinWait2, owner(42, "curl")));
+        m.apply(&change(7, 5, FinWait2, Close, owner(42, "curl")));
+        assert_eq!(
+            m.get(7).map(|s| s.state),
+            Some(TimeWait),
+            "TIME_WAIT stays behind"
+        );
+        m.prune(5 + TIME_WAIT_NS - 1);
+        assert_eq!(m.len(), 1);
+        m.prune(5 + TIME_WAIT_NS);
+        assert_eq!(m.len(), 0, "gone when the kernel lets it go");
+    }
+
+    #[test]
+    fn a_reset_leaves_no_time_wait() {
+        let mut m = Model::default();
+        m.apply(&change(7, 1, Close, SynSent, owner(42, "curl")));
+        let Event::StateChange(mut ev) = change(7, 2, FinWait1, Close, None);
+        ev.error = libc::ECONNRESET as u32;
+        m.apply(&Event::StateChange(ev));
+        assert_eq!(m.len(), 0);
+    }
+
+    #[test]
+    fn a_passive_close_leaves_no_time_wait() {
+        let mut m = Model::default();
+        m.apply(&change(8, 1, LastAck, Close, None));
+        assert_eq!(m.len(), 0);
+    }
+
+    #[test]
+    fn a_seeded_time_wait_expires_when_its_timer_says() {
+        let mut m = Model::default();
+        let mut tw = seeded(TimeWait, None);
+        tw.expires_ns = Some(1_000);
+        m.seed(1, tw);
+        m.prune(999);
+        assert_eq!(m.len(), 1);
+        m.prune(1_000);
+        assert_eq!(m.len(), 0);
+    }
+
+    #[test]
+    fn a_time_wait_reopened_before_expiry_is_not_pruned_by_the_old_timer() {
+        let mut m = Model::default();
+        m.apply(&change(3, 10, FinWait2, Close, None));
+        m.apply(&change(3, 20, Close, SynSent, owner(1, "again")));
+        m.prune(10 + TIME_WAIT_NS);
+        assert_eq!(m.get(3).map(|s| s.state), Some(SynSent));
+    }
+
+    #[test]
+    fn a_seeded_owner_survives_events_that_do_not_know_it() {
+        let mut m = Model::default();
+        m.seed(5, seeded(Established, owner(10, "sshd")));
+        m.apply(&change(5, 9, Established, CloseWait, None));
+        let s = m.get(5).expect("row");
+        assert_eq!(s.state, CloseWait);
+        assert_eq!(s.owner.as_ref().map(|o| o.comm.as_str()), Some("sshd"));
+        assert_eq!(s.inode, Some(99), "seed facts events do not carry are kept");
+    }
+
+    #[test]
+    fn events_from_before_the_seed_replay_into_the_same_final_state() {
+        // The seed saw ESTABLISHED; the ring still holds the SYN_SENT that
+        // preceded it and the FIN_WAIT1 that followed.
+        let mut m = Model::default();
+        m.seed(3, seeded(Established, owner(8, "app")));
+        m.apply(&change(3, 1, SynSent, Established, owner(8, "app")));
+        m.apply(&change(3, 2, Established, FinWait1, owner(8, "app")));
+        assert_eq!(m.get(3).map(|s| s.state), Some(FinWait1));
+        assert_eq!(m.len(), 1, "not counted twice");
+    }
+
+    #[test]
+    fn a_socket_closed_before_the_seed_leaves_no_row() {
+        let mut m = Model::default();
+        m.apply(&change(4, 1, Close, SynSent, owner(1, "a")));
+        m.apply(&change(4, 2, SynSent, Close, owner(1, "a")));
+        m.apply(&change(5, 3, LastAck, Close, None));
+        assert_eq!(m.len(), 0);
+    }
+
+    #[test]
+    fn a_new_socket_on_the_same_four_tuple_is_a_new_row() {
+        let mut m = Model::default();
+        m.apply(&change(1, 1, Close, SynSent, owner(1, "old")));
+        m.apply(&change(1, 2, SynSent, Established, owner(1, "old")));
+        m.apply(&change(2, 3, Close, SynSent, owner(2, "new")));
+        m.apply(&change(2, 4, SynSent, Established, owner(2, "new")));
+        m.apply(&change(1, 5, Established, Close, owner(1, "old")));
+        assert_eq!(m.len(), 1);
+        assert_eq!(
+            m.get(2).and_then(|s| s.owner.as_ref()).map(|o| o.pid),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn connect_keeps_the_local_port_once_known() {
+        let mut m = Model::default();
+        m.apply(&change(9, 1, Close, SynSent, owner(1, "a")));
+        assert_eq!(m.get(9).map(|s| s.lport), Some(0));
+        m.apply(&change(9, 2, SynSent, Established, owner(1, "a")));
+        assert_eq!(m.get(9).map(|s| s.lport), Some(40000));
+    }
+
+    #[test]
+    fn a_state_change_forgets_the_timer_it_no_longer_has() {
+        let mut m = Model::default();
+        let mut s = seeded(Established, None);
+        s.timer = Some(Timer {
+            kind: TimerKind::Keepalive,
+            left_ms: 5000,
+            retransmits: 0,
+        });
+        m.seed(6, s);
+        m.apply(&change(6, 1, Established, CloseWait, None));
+        assert_eq!(m.get(6).and_then(|s| s.timer), None);
+    }
+}

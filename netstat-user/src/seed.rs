@@ -1,0 +1,270 @@
+//! The start-up snapshot: every socket that already exists, with its owner,
+//! straight from the kernel (`sock_diag` for sockets, `iter/task_file` for
+//! who holds them), handed to the model and to the kernel side.
+
+use std::{collections::HashMap, net::IpAddr, os::unix::fs::MetadataExt as _};
+
+use anyhow::{Context as _, Result};
+use netstat_common::{AF_INET, AF_INET6, ListenKey, Listener, Owner as RawOwner, SocketFile};
+
+use crate::{
+    decode::{Family, Owner, TcpState},
+    kernel::Kernel,
+    model::{Sock, Timer, TimerKind},
+    sockdiag::{self, DiagSocket, Proto},
+};
+
+/// Inode number of the network namespace bnetstat runs in.
+pub fn own_netns() -> Result<u32> {
+    let meta = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
+    Ok(meta.ino() as u32)
+}
+
+/// Takes the snapshot of bnetstat's own network namespace at `now_ns`
+/// (`CLOCK_BOOTTIME`) and tells the kernel side the owners it found.
+pub fn take(kernel: &mut Kernel, now_ns: u64) -> Result<Vec<(u64, Sock)>> {
+    let netns = own_netns()?;
+    // Sockets first, then files: a socket the dump saw and that still exists
+    // has its file in the later walk.
+    let mut diag = Vec::new();
+    for family in [AF_INET, AF_INET6] {
+        for proto in [Proto::Tcp, Proto::Udp] {
+            diag.extend(
+                sockdiag::dump(family, proto)
+                    .with_context(|| format!("dumping {proto:?} sockets over sock_diag"))?,
+            );
+        }
+    }
+    let owners = owners_by_inode(&kernel.socket_files()?);
+    let rows: Vec<(u64, Sock)> = diag
+        .into_iter()
+        .filter_map(|d| {
+            let owner = owners.get(&u64::from(d.inode)).cloned();
+            Some((d.cookie, sock(d, owner, netns, now_ns)?))
+        })
+        .collect();
+    kernel.seed_owners(
+        rows.iter()
+            .filter_map(|(cookie, s)| Some((*cookie, raw_owner(s.owner.as_ref()?))))
+            .collect::<Vec<_>>(),
+        rows.iter()
+            .filter(|(_, s)| s.proto == Proto::Tcp && s.state == TcpState::Listen)
+            .filter_map(|(cookie, s)| {
+                let owner = raw_owner(s.owner.as_ref()?);
+                Some((
+                    listen_key(s),
+                    Listener {
+                        sock: *cookie,
+                        owner,
+                    },
+                ))
+            })
+            .collect::<Vec<_>>(),
+    )?;
+    Ok(rows)
+}
+
+/// Who holds each socket inode: the lowest pid, as netstat shows one.
+fn owners_by_inode(files: &[SocketFile]) -> HashMap<u64, Owner> {
+    let mut owners: HashMap<u64, Owner> = HashMap::new();
+    for f in files {
+        let candidate = Owner {
+            pid: f.pid,
+            uid: 0,
+            comm: comm_string(&f.comm),
+        };
+        owners
+            .entry(f.ino)
+            .and_modify(|o| {
+                if f.pid < o.pid {
+                    *o = candidate.clone();
+                }
+            })
+            .or_insert(candidate);
+    }
+    owners
+}
+
+/// A model row from a `sock_diag` record; `None` for request sockets
+/// (`NEW_SYN_RECV`), which no event would ever remove.
+fn sock(d: DiagSocket, owner: Option<Owner>, netns: u32, now_ns: u64) -> Option<Sock> {
+    let state = TcpState::try_from(d.state).ok()?;
+    if state == TcpState::NewSynRecv {
+        return None;
+    }
+    let family = if d.family == AF_INET6 {
+        Family::Inet6
+    } else {
+        Family::Inet
+    };
+    let timer = timer_kind(d.timer).map(|kind| Timer {
+        kind,
+        left_ms: d.timer_ms,
+        retransmits: d.retrans,
+    });
+    let expires_ns = (state == TcpState::TimeWait)
+        .then(|| now_ns.saturating_add(u64::from(d.timer_ms) * 1_000_000));
+    Some(Sock {
+        proto: d.proto,
+        family,
+        laddr: d.laddr,
+        lport: d.lport,
+        raddr: d.raddr,
+        rport: d.rport,
+        state,
+        netns,
+        owner: owner.map(|o| Owner { uid: d.uid, ..o }),
+        uid: Some(d.uid),
+        inode: (d.inode != 0).then_some(d.inode),
+        recv_q: Some(d.recv_q),
+        send_q: Some(d.send_q),
+        timer,
+        since_ns: None,
+        expires_ns,
+    })
+}
+
+fn timer_kind(timer: u8) -> Option<TimerKind> {
+    Some(match timer {
+        0 => TimerKind::Off,
+        1 => TimerKind::On,
+        2 => TimerKind::Keepalive,
+        3 => TimerKind::TimeWait,
+        4 => TimerKind::Probe,
+        _ => return None,
+    })
+}
+
+/// Where a listener waits, as the kernel side keys it.
+fn listen_key(s: &Sock) -> ListenKey {
+    let (family, addr) = match s.laddr {
+        IpAddr::V4(a) => {
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&a.octets());
+            (AF_INET, addr)
+        }
+        IpAddr::V6(a) => (AF_INET6, a.octets()),
+    };
+    ListenKey {
+        netns: s.netns,
+        port: s.lport,
+        family,
+        addr,
+    }
+}
+
+fn raw_owner(o: &Owner) -> RawOwner {
+    let mut comm = [0u8; 16];
+    let n = o.comm.len().min(15);
+    comm[..n].copy_from_slice(&o.comm.as_bytes()[..n]);
+    RawOwner {
+        pid: o.pid,
+        uid: o.uid,
+        comm,
+    }
+}
+
+fn comm_string(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    fn file(ino: u64, pid: u32, comm: &str) -> SocketFile {
+        let mut c = [0u8; 16];
+        c[..comm.len()].copy_from_slice(comm.as_bytes());
+        SocketFile {
+            ino,
+            pid,
+            fd: 3,
+            comm: c,
+        }
+    }
+
+    fn diag(state: u8) -> DiagSocket {
+        DiagSocket {
+            proto: Proto::Tcp,
+            family: AF_INET,
+            state,
+            laddr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            lport: 22,
+            raddr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            rport: 0,
+            cookie: 1,
+            inode: 77,
+            uid: 0,
+            recv_q: 0,
+            send_q: 128,
+            timer: 0,
+            timer_ms: 0,
+            retrans: 0,
+        }
+    }
+
+    #[test]
+    fn a_socket_shared_after_fork_is_owned_by_the_lowest_pid() {
+        let owners = owners_by_inode(&[
+            file(77, 300, "worker"),
+            file(77, 200, "master"),
+            file(78, 5, "x"),
+        ]);
+        assert_eq!(owners[&77].pid, 200);
+        assert_eq!(owners[&77].comm, "master");
+        assert_eq!(owners[&78].pid, 5);
+    }
+
+    #[test]
+    fn a_diag_record_becomes_a_row_with_its_owner_and_uid() {
+        let owner = Owner {
+            pid: 9,
+            uid: 0,
+            comm: "sshd".into(),
+        };
+        let mut d = diag(10);
+        d.uid = 1000;
+        let s = sock(d, Some(owner), 5, 0).expect("row");
+        assert_eq!(
+            (s.state, s.netns, s.uid, s.inode),
+            (TcpState::Listen, 5, Some(1000), Some(77))
+        );
+        assert_eq!(s.owner.map(|o| (o.pid, o.uid)), Some((9, 1000)));
+        assert_eq!(s.timer.map(|t| t.kind), Some(TimerKind::Off));
+    }
+
+    #[test]
+    fn request_sockets_are_left_out_and_time_wait_gets_its_expiry() {
+        assert_eq!(sock(diag(12), None, 1, 0), None);
+        let mut tw = diag(6);
+        tw.timer = 3;
+        tw.timer_ms = 1500;
+        let s = sock(tw, None, 1, 10).expect("row");
+        assert_eq!(s.expires_ns, Some(10 + 1_500_000_000));
+    }
+
+    #[test]
+    fn listener_keys_match_what_the_kernel_side_reads() {
+        let mut s = sock(diag(10), None, 4, 0).expect("row");
+        let key = listen_key(&s);
+        assert_eq!((key.netns, key.port, key.family), (4, 22, AF_INET));
+        assert_eq!(&key.addr[..4], &[127, 0, 0, 1]);
+        assert!(key.addr[4..].iter().all(|&b| b == 0));
+        s.laddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+        assert_eq!(listen_key(&s).family, AF_INET6);
+    }
+
+    #[test]
+    fn long_comms_are_cut_to_what_the_kernel_holds() {
+        let raw = raw_owner(&Owner {
+            pid: 1,
+            uid: 2,
+            comm: "a-very-long-process-name".into(),
+        });
+        assert_eq!(&raw.comm[..15], b"a-very-long-pro");
+        assert_eq!(raw.comm[15], 0);
+    }
+}
