@@ -32,6 +32,19 @@ pub mod counter {
 /// `kind` of a [`StateChange`].
 pub const EVENT_STATE_CHANGE: u32 = 1;
 
+/// `kind` of a [`UdpEvent`].
+pub const EVENT_UDP: u32 = 2;
+
+/// What a [`UdpEvent`] reports.
+pub mod udp_op {
+    /// `bind()` succeeded: `addr`/`port` are local.
+    pub const BIND: u16 = 1;
+    /// `connect()` was called: `addr`/`port` are the peer.
+    pub const CONNECT: u16 = 2;
+    /// The socket was released.
+    pub const CLOSE: u16 = 3;
+}
+
 /// Address families as the kernel numbers them.
 pub const AF_INET: u16 = 2;
 /// Address families as the kernel numbers them.
@@ -103,6 +116,34 @@ pub struct StateChange {
     pub _pad: u32,
 }
 const _: () = assert!(size_of::<StateChange>() == 104);
+
+/// A UDP socket's bind, connect or close, seen in the caller's syscall.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct UdpEvent {
+    /// Always [`EVENT_UDP`].
+    pub kind: u32,
+    /// Inode number of the caller's network namespace.
+    pub netns: u32,
+    /// `CLOCK_BOOTTIME` in ns.
+    pub ts_ns: u64,
+    /// Socket cookie.
+    pub sock: u64,
+    /// Local address for `BIND`, peer for `CONNECT`; IPv4 in the first 4
+    /// bytes; network order.
+    pub addr: [u8; 16],
+    /// The calling process.
+    pub owner: Owner,
+    /// Port, host order.
+    pub port: u16,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    /// See [`udp_op`].
+    pub op: u16,
+    /// Keeps the size a multiple of 8.
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<UdpEvent>() == 72);
 
 /// Per-socket state the kernel side carries between events.
 #[repr(C)]
@@ -178,8 +219,12 @@ pub struct Offsets {
     pub inode_ino: u32,
     /// `sock.sk_err`.
     pub sk_err: u32,
+    /// `task_struct.nsproxy`.
+    pub task_nsproxy: u32,
+    /// `nsproxy.net_ns`.
+    pub nsproxy_net_ns: u32,
 }
-const _: () = assert!(size_of::<Offsets>() == 64);
+const _: () = assert!(size_of::<Offsets>() == 72);
 
 /// An open socket file of a process, as the `iter/task_file` walk finds it.
 #[repr(C)]

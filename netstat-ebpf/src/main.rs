@@ -16,6 +16,8 @@
 #![no_std]
 #![no_main]
 
+mod udp;
+
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -37,7 +39,7 @@ const IPPROTO_TCP: u16 = 6;
 
 /// Every event for user space. Sized by user space at load time.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 23, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 23, 0);
 
 /// Per-CPU counters user space sums: see `netstat_common::counter`.
 #[map]
@@ -59,7 +61,7 @@ static LISTENERS: LruHashMap<ListenKey, Listener> = LruHashMap::with_max_entries
 
 /// Kernel struct offsets, filled in by user space before load.
 #[unsafe(no_mangle)]
-static OFFSETS: Offsets = Offsets {
+pub(crate) static OFFSETS: Offsets = Offsets {
     skc_daddr: 0,
     skc_rcv_saddr: 0,
     skc_dport: 0,
@@ -76,6 +78,8 @@ static OFFSETS: Offsets = Offsets {
     inode_mode: 0,
     inode_ino: 0,
     sk_err: 0,
+    task_nsproxy: 0,
+    nsproxy_net_ns: 0,
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -286,7 +290,7 @@ fn try_socket_owners(ctx: *const u64) -> Result<(), i64> {
     Ok(())
 }
 
-fn current_owner() -> Owner {
+pub(crate) fn current_owner() -> Owner {
     Owner {
         pid: (bpf_get_current_pid_tgid() >> 32) as u32,
         uid: bpf_get_current_uid_gid() as u32,
@@ -294,7 +298,7 @@ fn current_owner() -> Owner {
     }
 }
 
-fn count(index: u32) {
+pub(crate) fn count(index: u32) {
     if let Some(n) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot. The only writer that can interrupt this
         // one is the nested program, which finishes before we resume, so
@@ -312,7 +316,7 @@ fn set_busy(v: u32) {
 
 /// Reads a `T` at `off` bytes into the kernel object at `base`.
 #[inline(always)]
-fn read<T>(base: *const u8, off: u32) -> Result<T, i64> {
+pub(crate) fn read<T>(base: *const u8, off: u32) -> Result<T, i64> {
     // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T) }
         .map_err(|e| e as i64)

@@ -8,7 +8,10 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use netstat_common::{AF_INET, AF_INET6, EVENT_STATE_CHANGE, StateChange};
+use netstat_common::{
+    AF_INET, AF_INET6, EVENT_STATE_CHANGE, EVENT_UDP, Owner as RawOwner, StateChange, UdpEvent,
+    udp_op,
+};
 
 /// A TCP state, named as netstat prints it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -131,10 +134,34 @@ pub struct StateChangeEvent {
     pub error: u32,
 }
 
+/// What happened to a UDP socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UdpOp {
+    /// Bound to `addr`:`port`.
+    Bind,
+    /// Connected to `addr`:`port`.
+    Connect,
+    Close,
+}
+
+/// A UDP socket's bind, connect or close, with the process that did it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UdpSocketEvent {
+    pub ts_ns: u64,
+    pub sock: u64,
+    pub netns: u32,
+    pub family: Family,
+    pub op: UdpOp,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub owner: Option<Owner>,
+}
+
 /// Everything the kernel side sends.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     StateChange(StateChangeEvent),
+    Udp(UdpSocketEvent),
 }
 
 /// Why a record could not be decoded.
@@ -149,6 +176,7 @@ pub enum DecodeError {
     UnknownKind(u32),
     BadState(u8),
     BadFamily(u16),
+    BadUdpOp(u16),
 }
 
 impl fmt::Display for DecodeError {
@@ -160,6 +188,7 @@ impl fmt::Display for DecodeError {
             DecodeError::UnknownKind(k) => write!(f, "unknown record kind {k}"),
             DecodeError::BadState(s) => write!(f, "unknown TCP state {s}"),
             DecodeError::BadFamily(x) => write!(f, "unknown address family {x}"),
+            DecodeError::BadUdpOp(x) => write!(f, "unknown UDP operation {x}"),
         }
     }
 }
@@ -180,8 +209,48 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
             let raw: StateChange = copy_out(kind, record)?;
             state_change(&raw).map(Event::StateChange)
         }
+        EVENT_UDP => {
+            let raw: UdpEvent = copy_out(kind, record)?;
+            udp(&raw).map(Event::Udp)
+        }
         other => Err(DecodeError::UnknownKind(other)),
     }
+}
+
+fn udp(raw: &UdpEvent) -> Result<UdpSocketEvent, DecodeError> {
+    let family = family(raw.family)?;
+    let op = match raw.op {
+        udp_op::BIND => UdpOp::Bind,
+        udp_op::CONNECT => UdpOp::Connect,
+        udp_op::CLOSE => UdpOp::Close,
+        other => return Err(DecodeError::BadUdpOp(other)),
+    };
+    Ok(UdpSocketEvent {
+        ts_ns: raw.ts_ns,
+        sock: raw.sock,
+        netns: raw.netns,
+        family,
+        op,
+        addr: ip(family, raw.addr),
+        port: raw.port,
+        owner: owner(&raw.owner),
+    })
+}
+
+fn family(raw: u16) -> Result<Family, DecodeError> {
+    match raw {
+        AF_INET => Ok(Family::Inet),
+        AF_INET6 => Ok(Family::Inet6),
+        other => Err(DecodeError::BadFamily(other)),
+    }
+}
+
+fn owner(raw: &RawOwner) -> Option<Owner> {
+    (raw.pid != 0).then(|| Owner {
+        pid: raw.pid,
+        uid: raw.uid,
+        comm: comm_string(&raw.comm),
+    })
 }
 
 /// Copies a `#[repr(C)]` plain-integer struct out of a record.
@@ -198,16 +267,8 @@ fn copy_out<T: Copy>(kind: u32, record: &[u8]) -> Result<T, DecodeError> {
 }
 
 fn state_change(raw: &StateChange) -> Result<StateChangeEvent, DecodeError> {
-    let family = match raw.family {
-        AF_INET => Family::Inet,
-        AF_INET6 => Family::Inet6,
-        other => return Err(DecodeError::BadFamily(other)),
-    };
-    let owner = (raw.owner.pid != 0).then(|| Owner {
-        pid: raw.owner.pid,
-        uid: raw.owner.uid,
-        comm: comm_string(&raw.owner.comm),
-    });
+    let family = family(raw.family)?;
+    let owner = owner(&raw.owner);
     Ok(StateChangeEvent {
         ts_ns: raw.ts_ns,
         sock: raw.sock,
@@ -233,7 +294,7 @@ fn ip(family: Family, bytes: [u8; 16]) -> IpAddr {
 }
 
 /// `comm` up to its first NUL, lossily as UTF-8 (still to be escaped).
-fn comm_string(comm: &[u8; 16]) -> String {
+pub fn comm_string(comm: &[u8; 16]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }
@@ -279,7 +340,9 @@ pub(crate) mod tests {
     #[test]
     fn a_state_change_round_trips() {
         let raw = raw_state_change(tcp_state::SYN_SENT, tcp_state::ESTABLISHED);
-        let Event::StateChange(ev) = decode(&bytes_of(&raw)).expect("decodes");
+        let Ok(Event::StateChange(ev)) = decode(&bytes_of(&raw)) else {
+            panic!("decodes")
+        };
         assert_eq!(ev.old, TcpState::SynSent);
         assert_eq!(ev.new, TcpState::Established);
         assert_eq!(ev.laddr.to_string(), "127.0.0.1");
@@ -299,7 +362,9 @@ pub(crate) mod tests {
         raw.family = AF_INET6;
         raw.saddr = Ipv6Addr::LOCALHOST.octets();
         raw.daddr = "2001:db8::1".parse::<Ipv6Addr>().expect("addr").octets();
-        let Event::StateChange(ev) = decode(&bytes_of(&raw)).expect("decodes");
+        let Ok(Event::StateChange(ev)) = decode(&bytes_of(&raw)) else {
+            panic!("decodes")
+        };
         assert_eq!(ev.family, Family::Inet6);
         assert_eq!(ev.laddr.to_string(), "::1");
         assert_eq!(ev.raddr.to_string(), "2001:db8::1");
@@ -310,7 +375,9 @@ pub(crate) mod tests {
         let mut raw = raw_state_change(tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT);
         raw.owner = RawOwner::default();
         raw.prev_ts_ns = 0;
-        let Event::StateChange(ev) = decode(&bytes_of(&raw)).expect("decodes");
+        let Ok(Event::StateChange(ev)) = decode(&bytes_of(&raw)) else {
+            panic!("decodes")
+        };
         assert_eq!(ev.owner, None);
         assert_eq!(ev.ns_in_old, None);
     }
@@ -339,6 +406,38 @@ pub(crate) mod tests {
         );
         assert_eq!(TcpState::try_from(0), Err(DecodeError::BadState(0)));
         assert_eq!(TcpState::try_from(13), Err(DecodeError::BadState(13)));
+    }
+
+    #[test]
+    fn a_udp_connect_round_trips() {
+        let mut comm = [0u8; 16];
+        comm[..3].copy_from_slice(b"dig");
+        let raw = UdpEvent {
+            kind: EVENT_UDP,
+            netns: 7,
+            ts_ns: 1,
+            sock: 2,
+            addr: [9, 9, 9, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            owner: RawOwner {
+                pid: 5,
+                uid: 0,
+                comm,
+            },
+            port: 53,
+            family: AF_INET,
+            op: udp_op::CONNECT,
+            _pad: 0,
+        };
+        let Ok(Event::Udp(ev)) = decode(&bytes_of(&raw)) else {
+            panic!("decodes")
+        };
+        assert_eq!(
+            (ev.op, ev.addr.to_string(), ev.port),
+            (UdpOp::Connect, "9.9.9.9".into(), 53)
+        );
+        assert_eq!(ev.owner.map(|o| o.comm), Some("dig".into()));
+        let bad = UdpEvent { op: 9, ..raw };
+        assert_eq!(decode(&bytes_of(&bad)), Err(DecodeError::BadUdpOp(9)));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::{
     io::{self, Read as _},
     os::fd::{AsFd, AsRawFd, BorrowedFd},
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader, Endianness,
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, Iter, ProgramError},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Iter, ProgramError},
 };
 use netstat_common::{
     COUNTERS_MAP, EVENTS_MAP, LISTENERS_MAP, ListenKey, Listener, OFFSETS_GLOBAL, Owner, SOCKS_MAP,
@@ -29,6 +29,10 @@ const TRACEPOINTS: &[(&str, &str)] = &[
     (STATE_PROGRAM, "inet_sock_set_state"),
     ("inet_sock_set_state_nested", "inet_sock_set_state"),
 ];
+/// UDP hooks on `struct bpf_sock` (bind, release).
+const UDP_SOCK_HOOKS: [&str; 3] = ["udp_bind4", "udp_bind6", "udp_release"];
+/// UDP hooks on `struct bpf_sock_addr` (connect).
+const UDP_ADDR_HOOKS: [&str; 2] = ["udp_connect4", "udp_connect6"];
 /// The iterator that lists every process's socket files.
 const OWNERS_ITERATOR: (&str, &str) = ("socket_owners", "task_file");
 /// The program whose nesting misses `inet_sock_set_state_nested` makes up for.
@@ -40,6 +44,9 @@ pub struct Options<'a> {
     pub btf: &'a Path,
     /// Ring buffer size in bytes (a power of two, at least a page).
     pub ring_bytes: u32,
+    /// Also what the socket table needs: the fd-table iterator and the UDP
+    /// hooks (which need CAP_NET_ADMIN too).
+    pub sockets: bool,
 }
 
 /// The loaded, attached kernel side.
@@ -64,21 +71,18 @@ impl Kernel {
             .load(OBJECT)
             .map_err(load_error)?;
         for &(name, tracepoint) in TRACEPOINTS {
-            let prog: &mut BtfTracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("eBPF object has no program {name}"))?
-                .try_into()?;
+            let prog: &mut BtfTracePoint = program(&mut ebpf, name)?.try_into()?;
             prog.load(tracepoint, &btf)
                 .map_err(|e| program_error(name, e))?;
             prog.attach().map_err(|e| program_error(name, e))?;
         }
-        let (name, target) = OWNERS_ITERATOR;
-        let iter: &mut Iter = ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("eBPF object has no program {name}"))?
-            .try_into()?;
-        iter.load(target, &btf)
-            .map_err(|e| program_error(name, e))?;
+        if opts.sockets {
+            let (name, target) = OWNERS_ITERATOR;
+            let iter: &mut Iter = program(&mut ebpf, name)?.try_into()?;
+            iter.load(target, &btf)
+                .map_err(|e| program_error(name, e))?;
+            attach_udp_hooks(&mut ebpf)?;
+        }
         let events = RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)?;
         Ok(Kernel {
@@ -203,6 +207,52 @@ impl Lost {
     }
 }
 
+fn program<'e>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("eBPF object has no program {name}"))
+}
+
+/// Attaches the UDP socket hooks at the root of the cgroup v2 hierarchy, so
+/// they see every process. A cgroup link always runs beside the programs
+/// already attached there; the kernel wants no flags for that.
+fn attach_udp_hooks(ebpf: &mut Ebpf) -> Result<()> {
+    let root = cgroup2_root()?;
+    let cgroup = std::fs::File::open(&root)
+        .with_context(|| format!("opening the cgroup v2 root {}", root.display()))?;
+    for name in UDP_SOCK_HOOKS {
+        let prog: &mut CgroupSock = program(ebpf, name)?.try_into()?;
+        prog.load().map_err(|e| program_error(name, e))?;
+        prog.attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(|e| program_error(name, e))?;
+    }
+    for name in UDP_ADDR_HOOKS {
+        let prog: &mut CgroupSockAddr = program(ebpf, name)?.try_into()?;
+        prog.load().map_err(|e| program_error(name, e))?;
+        prog.attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(|e| program_error(name, e))?;
+    }
+    Ok(())
+}
+
+/// Where cgroup v2 is mounted: `/sys/fs/cgroup` on most systems,
+/// `/sys/fs/cgroup/unified` on hybrid ones.
+fn cgroup2_root() -> Result<PathBuf> {
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    mounts
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, dir, kind) = (f.next()?, f.next()?, f.next()?);
+            (kind == "cgroup2").then(|| PathBuf::from(dir))
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "cgroup v2 is not mounted: mount it with `mount -t cgroup2 none /sys/fs/cgroup`"
+            )
+        })
+}
+
 /// An entry that is already there is one the kernel filled in itself.
 fn ignore_exists(result: Result<(), MapError>) -> Result<()> {
     match result {
@@ -254,16 +304,23 @@ fn program_error(name: &str, err: ProgramError) -> anyhow::Error {
             verifier_log,
         } => {
             let last = verifier_log.to_string();
+            // The verifier ends with statistics; the reason is the line before.
             let last = last
                 .lines()
                 .rev()
-                .find(|l| !l.trim().is_empty())
+                .find(|l| {
+                    let l = l.trim();
+                    !l.is_empty()
+                        && !["processed ", "verification time", "stack depth"]
+                            .iter()
+                            .any(|stat| l.starts_with(stat))
+                })
                 .unwrap_or("");
             anyhow!(
                 "the kernel refused bnetstat's eBPF program {name} ({io_error}); verifier: {last}"
             )
         }
-        e => anyhow!("cannot attach bnetstat's eBPF program {name}: {e}"),
+        e => anyhow::Error::new(e).context(format!("cannot attach bnetstat's eBPF program {name}")),
     }
 }
 

@@ -46,7 +46,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         None => {
             let args = cli.table;
-            let mut kernel = load_kernel(&cli.btf, &args.kernel)?;
+            let mut kernel = load_kernel(&cli.btf, &args.kernel, true)?;
             let netns = if args.all_netns {
                 None
             } else {
@@ -82,18 +82,13 @@ fn run(cli: Cli) -> Result<()> {
             )
         }
         Some(Command::Trace(args)) => {
-            let mut kernel = load_kernel(&cli.btf, &args.kernel)?;
-            let family = match (args.ipv4, args.ipv6) {
-                (true, _) => Some(Family::Inet),
-                (_, true) => Some(Family::Inet6),
-                _ => None,
-            };
+            let mut kernel = load_kernel(&cli.btf, &args.kernel, false)?;
             let opts = trace::Options {
                 json: args.json,
                 filter: trace::Filter {
                     pids: args.pid,
                     ports: args.port,
-                    family,
+                    family: family(args.ipv4, args.ipv6),
                 },
                 duration: args.duration,
                 count: args.count,
@@ -115,9 +110,10 @@ fn family(ipv4: bool, ipv6: bool) -> Option<Family> {
     }
 }
 
-fn load_kernel(btf: &std::path::Path, args: &KernelArgs) -> Result<Kernel> {
+fn load_kernel(btf: &std::path::Path, args: &KernelArgs, sockets: bool) -> Result<Kernel> {
     Kernel::load(&kernel::Options {
         btf,
         ring_bytes: args.ring_mib << 20,
+        sockets,
     })
 }

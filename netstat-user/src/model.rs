@@ -15,11 +15,11 @@
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap},
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use crate::{
-    decode::{Event, Family, Owner, StateChangeEvent, TcpState},
+    decode::{Event, Family, Owner, StateChangeEvent, TcpState, UdpOp, UdpSocketEvent},
     sockdiag::Proto,
 };
 
@@ -114,6 +114,50 @@ impl Model {
     pub fn apply(&mut self, event: &Event) {
         match event {
             Event::StateChange(ev) => self.state_change(ev),
+            Event::Udp(ev) => self.udp(ev),
+        }
+    }
+
+    fn udp(&mut self, ev: &UdpSocketEvent) {
+        if ev.op == UdpOp::Close {
+            self.socks.remove(&ev.sock);
+            return;
+        }
+        let unspecified = match ev.family {
+            Family::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            Family::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        let sock = self.socks.entry(ev.sock).or_insert_with(|| Sock {
+            proto: Proto::Udp,
+            family: ev.family,
+            laddr: unspecified,
+            lport: 0,
+            raddr: unspecified,
+            rport: 0,
+            state: TcpState::Close,
+            netns: ev.netns,
+            owner: None,
+            uid: None,
+            inode: None,
+            recv_q: None,
+            send_q: None,
+            timer: None,
+            since_ns: None,
+            expires_ns: None,
+        });
+        match ev.op {
+            UdpOp::Bind => (sock.laddr, sock.lport) = (ev.addr, ev.port),
+            // The kernel connects after this hook returns; a connect that
+            // fails leaves a row that says connected until the socket closes.
+            _ => {
+                (sock.raddr, sock.rport) = (ev.addr, ev.port);
+                sock.state = TcpState::Established;
+            }
+        }
+        sock.since_ns = Some(ev.ts_ns);
+        if let Some(owner) = &ev.owner {
+            sock.owner = Some(owner.clone());
+            sock.uid.get_or_insert(owner.uid);
         }
     }
 
@@ -285,7 +329,9 @@ mod tests {
     fn a_reset_leaves_no_time_wait() {
         let mut m = Model::default();
         m.apply(&change(7, 1, Close, SynSent, owner(42, "curl")));
-        let Event::StateChange(mut ev) = change(7, 2, FinWait1, Close, None);
+        let Event::StateChange(mut ev) = change(7, 2, FinWait1, Close, None) else {
+            panic!("a state change")
+        };
         ev.error = libc::ECONNRESET as u32;
         m.apply(&Event::StateChange(ev));
         assert_eq!(m.len(), 0);
@@ -373,6 +419,36 @@ mod tests {
         assert_eq!(m.get(9).map(|s| s.lport), Some(0));
         m.apply(&change(9, 2, SynSent, Established, owner(1, "a")));
         assert_eq!(m.get(9).map(|s| s.lport), Some(40000));
+    }
+
+    fn udp(sock: u64, op: UdpOp, port: u16) -> Event {
+        Event::Udp(UdpSocketEvent {
+            ts_ns: 1,
+            sock,
+            netns: 1,
+            family: Family::Inet,
+            op,
+            addr: LO,
+            port,
+            owner: owner(77, "dns"),
+        })
+    }
+
+    #[test]
+    fn a_udp_socket_is_bound_connected_and_closed_by_its_events() {
+        let mut m = Model::default();
+        m.apply(&udp(1, UdpOp::Bind, 5353));
+        let s = m.get(1).expect("row");
+        assert_eq!(
+            (s.proto, s.state, s.lport, s.rport),
+            (Proto::Udp, Close, 5353, 0)
+        );
+        m.apply(&udp(1, UdpOp::Connect, 53));
+        let s = m.get(1).expect("row");
+        assert_eq!((s.state, s.lport, s.rport), (Established, 5353, 53));
+        assert_eq!(s.owner.as_ref().map(|o| o.pid), Some(77));
+        m.apply(&udp(1, UdpOp::Close, 0));
+        assert_eq!(m.len(), 0);
     }
 
     #[test]

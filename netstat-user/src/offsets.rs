@@ -44,6 +44,8 @@ pub fn load(path: &Path) -> Result<Offsets> {
         inode_mode: at("inode", "i_mode")?,
         inode_ino: at("inode", "i_ino")?,
         sk_err: at("sock", "sk_err")?,
+        task_nsproxy: at("task_struct", "nsproxy")?,
+        nsproxy_net_ns: at("nsproxy", "net_ns")?,
     })
 }
 

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use netstat_common::{AF_INET, AF_INET6, ListenKey, Listener, Owner as RawOwner, SocketFile};
 
 use crate::{
-    decode::{Family, Owner, TcpState},
+    decode::{Family, Owner, TcpState, comm_string},
     kernel::Kernel,
     model::{Sock, Timer, TimerKind},
     sockdiag::{self, DiagSocket, Proto},
@@ -162,11 +162,6 @@ fn raw_owner(o: &Owner) -> RawOwner {
         uid: o.uid,
         comm,
     }
-}
-
-fn comm_string(comm: &[u8; 16]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
 #[cfg(test)]

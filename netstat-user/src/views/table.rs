@@ -555,7 +555,10 @@ mod tests {
             &Numeric,
             500_000_000,
         );
-        assert!(text.contains("State       User       Inode      Timer"), "{text}");
+        assert!(
+            text.contains("State       User       Inode      Timer"),
+            "{text}"
+        );
         assert!(
             text.contains("ESTABLISHED 0          1234       keepalive (7196.25/0/0)"),
             "{text}"

@@ -117,8 +117,9 @@ mod tests {
     };
 
     fn event(old: u8, new: u8) -> StateChangeEvent {
-        let Event::StateChange(ev) =
-            decode(&bytes_of(&raw_state_change(old, new))).expect("decodes");
+        let Ok(Event::StateChange(ev)) = decode(&bytes_of(&raw_state_change(old, new))) else {
+            panic!("decodes")
+        };
         ev
     }
 
