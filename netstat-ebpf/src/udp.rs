@@ -2,8 +2,6 @@
 //! cgroup hooks instead, which run in the caller's syscall, so the caller
 //! is the owner. Attached at the cgroup v2 root, they see every process.
 
-use core::ffi::c_void;
-
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_ktime_get_boot_ns, generated::bpf_get_socket_cookie},
     macros::{cgroup_sock, cgroup_sock_addr},
@@ -107,7 +105,7 @@ fn send(ctx: &impl aya_ebpf::EbpfContext, op: u16, family: u16, addr: [u8; 16], 
         // SAFETY: helper calls with no arguments to check.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
         // SAFETY: the context is a socket program's, which the helper takes.
-        sock: unsafe { bpf_get_socket_cookie(ctx.as_ptr() as *mut c_void) },
+        sock: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
         addr,
         owner: current_owner(),
         port,

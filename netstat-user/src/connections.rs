@@ -32,7 +32,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// Prints the table once, or every interval until stopped.
 pub fn run(kernel: &mut Kernel, opts: &Options, out: &mut impl Write) -> Result<()> {
     let mut model = Model::default();
-    for (cookie, sock) in seed::take(kernel, clock::boottime_ns())? {
+    let all_netns = opts.view.netns.is_none();
+    for (cookie, sock) in seed::take(kernel, clock::boottime_ns(), all_netns)? {
         model.seed(cookie, sock);
     }
     let names = SystemNames::new(opts.numeric);
@@ -85,7 +86,9 @@ fn print(
         );
     }
     let text = if opts.json {
-        table::json(model, &opts.view, names)
+        // Redisplayed, tables are told apart by an empty line.
+        let gap = if opts.interval.is_some() { "\n" } else { "" };
+        table::json(model, &opts.view, names) + gap
     } else {
         table::render(model, &opts.view, names, now)
     };

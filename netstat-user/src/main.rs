@@ -12,6 +12,7 @@ mod escape;
 mod kernel;
 mod model;
 mod names;
+mod netns;
 mod offsets;
 mod seed;
 mod signals;

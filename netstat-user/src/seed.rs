@@ -11,6 +11,7 @@ use crate::{
     decode::{Family, Owner, TcpState, comm_string},
     kernel::Kernel,
     model::{Sock, Timer, TimerKind},
+    netns,
     sockdiag::{self, DiagSocket, Proto},
 };
 
@@ -20,25 +21,26 @@ pub fn own_netns() -> Result<u32> {
     Ok(meta.ino() as u32)
 }
 
-/// Takes the snapshot of bnetstat's own network namespace at `now_ns`
-/// (`CLOCK_BOOTTIME`) and tells the kernel side the owners it found.
-pub fn take(kernel: &mut Kernel, now_ns: u64) -> Result<Vec<(u64, Sock)>> {
-    let netns = own_netns()?;
+/// Takes the snapshot at `now_ns` (`CLOCK_BOOTTIME`) of bnetstat's own
+/// network namespace, or of every one, and tells the kernel side the owners
+/// it found.
+pub fn take(kernel: &mut Kernel, now_ns: u64, all_netns: bool) -> Result<Vec<(u64, Sock)>> {
     // Sockets first, then files: a socket the dump saw and that still exists
     // has its file in the later walk.
-    let mut diag = Vec::new();
-    for family in [AF_INET, AF_INET6] {
-        for proto in [Proto::Tcp, Proto::Udp] {
-            diag.extend(
-                sockdiag::dump(family, proto)
-                    .with_context(|| format!("dumping {proto:?} sockets over sock_diag"))?,
-            );
+    let mut diag = vec![(own_netns()?, dump_all()?)];
+    if all_netns {
+        for ns in netns::others()? {
+            // A namespace that vanished since it was listed has no sockets.
+            if let Ok(Ok(socks)) = netns::inside(&ns, dump_all) {
+                diag.push((ns.inode, socks));
+            }
         }
     }
     let owners = owners_by_inode(&kernel.socket_files()?);
     let rows: Vec<(u64, Sock)> = diag
         .into_iter()
-        .filter_map(|d| {
+        .flat_map(|(netns, socks)| socks.into_iter().map(move |d| (netns, d)))
+        .filter_map(|(netns, d)| {
             let owner = owners.get(&u64::from(d.inode)).cloned();
             Some((d.cookie, sock(d, owner, netns, now_ns)?))
         })
@@ -62,6 +64,20 @@ pub fn take(kernel: &mut Kernel, now_ns: u64) -> Result<Vec<(u64, Sock)>> {
             .collect::<Vec<_>>(),
     )?;
     Ok(rows)
+}
+
+/// Every TCP and UDP socket of the calling thread's network namespace.
+fn dump_all() -> Result<Vec<DiagSocket>> {
+    let mut all = Vec::new();
+    for family in [AF_INET, AF_INET6] {
+        for proto in [Proto::Tcp, Proto::Udp] {
+            all.extend(
+                sockdiag::dump(family, proto)
+                    .with_context(|| format!("dumping {proto:?} sockets over sock_diag"))?,
+            );
+        }
+    }
+    Ok(all)
 }
 
 /// Who holds each socket inode: the lowest pid, as netstat shows one.

@@ -21,6 +21,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod ss;
+
 /// The `bnetstat` under test: `$BNETSTAT_BIN` (set by `cargo xtask test`),
 /// else the debug build next to this test binary.
 pub fn bnetstat_bin() -> PathBuf {
@@ -81,6 +83,76 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
+}
+
+/// Starting a process from an executable a test just copied.
+pub trait Start {
+    /// Spawns, retrying while the executable is "busy": a copy just written
+    /// by this process can still be open in a child that another test
+    /// thread forked meanwhile, until that child execs.
+    fn start(&mut self) -> Child;
+}
+
+impl Start for Command {
+    fn start(&mut self) -> Child {
+        for _ in 0..100 {
+            match self.spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                    thread::sleep(Duration::from_millis(20));
+                }
+                other => return other.unwrap_or_else(|e| panic!("spawn {self:?}: {e}")),
+            }
+        }
+        panic!("{self:?} stayed busy")
+    }
+}
+
+/// A network namespace made for one test, deleted when dropped.
+pub struct NetNs(pub String);
+
+impl NetNs {
+    pub fn new(tag: &str) -> NetNs {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "bnst-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        run("ip", &["netns", "add", &name]);
+        let ns = NetNs(name);
+        run("ip", &["-n", &ns.0, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip netns exec NAME program args...`, to spawn inside it.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.0]).arg(program);
+        cmd
+    }
+
+    /// The namespace's inode number, as bnetstat reports it.
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        fs::metadata(format!("/run/netns/{}", self.0))
+            .expect("netns file")
+            .ino()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Runs a command that must succeed.
+pub fn run(program: &str, args: &[&str]) {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(status.success(), "{program} {args:?} failed: {status}");
 }
 
 /// A TCP port free on `addr` right now (the kernel picks it).

@@ -9,7 +9,7 @@ use std::{
 };
 
 use bnetstat_tests::{
-    Bnetstat, TempDir, by_socket, free_port, transitions, wait_for_line, wait_timeout,
+    Bnetstat, Start, TempDir, by_socket, free_port, transitions, wait_for_line, wait_timeout,
 };
 
 const NETSCENE: &str = env!("CARGO_BIN_EXE_netscene");
@@ -34,8 +34,7 @@ fn twenty_thousand_fast_connections_lose_nothing() {
             "--close-first",
         ])
         .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn server");
+        .start();
     let _stdout = wait_for_line(
         server.stdout.take().expect("stdout"),
         "listening",
@@ -50,8 +49,7 @@ fn twenty_thousand_fast_connections_lose_nothing() {
             &n,
             "--wait-eof",
         ])
-        .spawn()
-        .expect("spawn client");
+        .start();
     let limit = Duration::from_secs(300);
     assert!(wait_timeout(&mut client, limit, "client").success());
     assert!(wait_timeout(&mut server, limit, "server").success());

@@ -8,7 +8,8 @@ use std::{
 };
 
 use bnetstat_tests::{
-    Bnetstat, TempDir, boottime_ns, by_socket, free_port, transitions, wait_for_line, wait_timeout,
+    Bnetstat, Start, TempDir, boottime_ns, by_socket, free_port, transitions, wait_for_line,
+    wait_timeout,
 };
 use serde_json::Value;
 
@@ -28,13 +29,11 @@ fn client_and_server(addr: &str, family: &str) {
     let mut server = Command::new(dir.exe(NETSCENE, &server_comm))
         .args(["listen", addr, &port.to_string(), "--linger-ms", "200"])
         .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn server");
+        .start();
     let _stdout = wait_for_line(server.stdout.take().expect("stdout"), "listening", T);
     let mut client = Command::new(dir.exe(NETSCENE, &client_comm))
         .args(["connect", addr, &port.to_string()])
-        .spawn()
-        .expect("spawn client");
+        .start();
     let client_pid = u64::from(client.id());
     assert!(wait_timeout(&mut client, T, "client").success());
     let client_gone_ns = boottime_ns();
@@ -159,8 +158,7 @@ fn count_stops_trace_by_itself() {
     let mut server = Command::new(dir.exe(NETSCENE, "count-srv"))
         .args(["listen", "127.0.0.1", &port.to_string()])
         .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn server");
+        .start();
     let _stdout = wait_for_line(server.stdout.take().expect("stdout"), "listening", T);
     let status = Command::new(dir.exe(NETSCENE, "count-cli"))
         .args(["connect", "127.0.0.1", &port.to_string()])

@@ -5,11 +5,19 @@
 //! ```text
 //! netscene listen ADDR PORT [--accept N] [--close-first] [--linger-ms MS]
 //! netscene connect ADDR PORT [--count N] [--wait-eof]
+//! netscene hold SPEC...
 //! ```
 //! `listen` prints `listening` once it listens. Each accepted connection is
 //! read to EOF, held `--linger-ms`, then closed; with `--close-first` it is
 //! closed at once instead. `connect` sends a line and closes, or with
 //! `--wait-eof` reads until the server closes, then closes.
+//!
+//! `hold` opens every socket its SPECs name, prints `ready`, and holds them
+//! until its stdin closes. SPECs: `tcp-listen=ADDR:PORT` (accepted
+//! connections are held until the peer closes, then closed),
+//! `tcp-connect=ADDR:PORT`, `udp-bind=ADDR:PORT`,
+//! `udp-connect=ADDR:PORT>ADDR:PORT` (bound, then connected). IPv6
+//! addresses go in brackets.
 
 use std::{
     io::{Read, Write},
@@ -31,6 +39,9 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "hold") {
+        return hold(&args[1..]).map_err(|e| e.to_string());
+    }
     let [mode, addr, port, flags @ ..] = args.as_slice() else {
         return Err("usage: netscene listen|connect ADDR PORT [flags]".into());
     };
@@ -58,6 +69,42 @@ fn run() -> Result<(), String> {
         other => return Err(format!("unknown mode {other}")),
     }
     .map_err(|e| e.to_string())
+}
+
+fn hold(specs: &[String]) -> std::io::Result<()> {
+    let bad = |spec: &str| std::io::Error::other(format!("bad spec {spec}"));
+    let addr = |s: &str| s.parse::<SocketAddr>().map_err(|_| bad(s));
+    let mut held: Vec<Box<dyn std::any::Any>> = Vec::new();
+    for spec in specs {
+        let (kind, rest) = spec.split_once('=').ok_or_else(|| bad(spec))?;
+        match kind {
+            "tcp-listen" => {
+                let listener = TcpListener::bind(addr(rest)?)?;
+                thread::spawn(move || {
+                    for conn in listener.incoming().map_while(Result::ok) {
+                        thread::spawn(move || {
+                            let mut conn = conn;
+                            let _ = std::io::copy(&mut conn, &mut std::io::sink());
+                        });
+                    }
+                });
+            }
+            "tcp-connect" => held.push(Box::new(TcpStream::connect(addr(rest)?)?)),
+            "udp-bind" => held.push(Box::new(std::net::UdpSocket::bind(addr(rest)?)?)),
+            "udp-connect" => {
+                let (local, remote) = rest.split_once('>').ok_or_else(|| bad(spec))?;
+                let socket = std::net::UdpSocket::bind(addr(local)?)?;
+                socket.connect(addr(remote)?)?;
+                held.push(Box::new(socket));
+            }
+            _ => return Err(bad(spec)),
+        }
+    }
+    println!("ready");
+    std::io::stdout().flush()?;
+    std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
+    drop(held);
+    Ok(())
 }
 
 fn listen(at: SocketAddr, accept: u64, close_first: bool, linger_ms: u64) -> std::io::Result<()> {

@@ -1,0 +1,297 @@
+//! `bnetstat`'s connection table against `ss` on a busy scene: listeners and
+//! established pairs over IPv4 and IPv6, UDP sockets bound and connected,
+//! processes started before and after bnetstat, and a twin listener in
+//! another network namespace that must not show.
+
+use std::{
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use bnetstat_tests::{
+    NetNs, Start, TempDir, bnetstat_bin, free_port,
+    ss::{Row, assert_same, from_bnetstat, ss},
+    wait_for_line,
+};
+
+const NETSCENE: &str = env!("CARGO_BIN_EXE_netscene");
+const T: Duration = Duration::from_secs(20);
+
+/// A `netscene hold` process: its sockets live until it is dropped.
+struct Holder(Child);
+
+impl Holder {
+    fn start(mut cmd: Command, specs: &[String]) -> Holder {
+        let mut child = cmd
+            .arg("hold")
+            .args(specs)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .start();
+        let _stdout = wait_for_line(child.stdout.take().expect("stdout"), "ready", T);
+        Holder(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
+struct Ports {
+    tcp4: u16,
+    tcp6: u16,
+    udp4: u16,
+    udp6: u16,
+    udp_client: u16,
+}
+
+impl Ports {
+    fn pick() -> Ports {
+        Ports {
+            tcp4: free_port("127.0.0.1"),
+            tcp6: free_port("::1"),
+            udp4: free_port("127.0.0.1"),
+            udp6: free_port("::1"),
+            udp_client: free_port("127.0.0.1"),
+        }
+    }
+
+    fn all(&self) -> Vec<u16> {
+        vec![self.tcp4, self.tcp6, self.udp4, self.udp6, self.udp_client]
+    }
+}
+
+/// The scene's servers, clients, and the twin in another namespace.
+fn start_scene(dir: &TempDir, p: &Ports, ns: &NetNs) -> (Holder, Holder, Holder) {
+    let server = Holder::start(
+        Command::new(dir.exe(NETSCENE, "tbl-server")),
+        &[
+            format!("tcp-listen=127.0.0.1:{}", p.tcp4),
+            format!("tcp-listen=[::1]:{}", p.tcp6),
+            format!("udp-bind=127.0.0.1:{}", p.udp4),
+            format!("udp-bind=[::1]:{}", p.udp6),
+        ],
+    );
+    let client = Holder::start(
+        Command::new(dir.exe(NETSCENE, "tbl-client")),
+        &[
+            format!("tcp-connect=127.0.0.1:{}", p.tcp4),
+            format!("tcp-connect=[::1]:{}", p.tcp6),
+            format!(
+                "udp-connect=127.0.0.1:{}>127.0.0.1:{}",
+                p.udp_client, p.udp4
+            ),
+        ],
+    );
+    let twin = Holder::start(
+        ns.command(dir.exe(NETSCENE, "tbl-twin")),
+        &[format!("tcp-listen=127.0.0.1:{}", p.tcp4)],
+    );
+    // Let the server accept, so ss sees an owner on every accepted socket.
+    thread::sleep(Duration::from_millis(300));
+    (server, client, twin)
+}
+
+fn rows_on(rows: impl IntoIterator<Item = Row>, ports: &[u16]) -> Vec<Row> {
+    rows.into_iter().filter(|r| r.uses_any(ports)).collect()
+}
+
+#[test]
+fn the_table_matches_ss_row_for_row() {
+    let dir = TempDir::new();
+    let ns = NetNs::new("table");
+    let p = Ports::pick();
+    let (server, client, _twin) = start_scene(&dir, &p, &ns);
+
+    let out = Command::new(bnetstat_bin())
+        .args(["-tuanp", "--json"])
+        .output()
+        .expect("bnetstat");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs = rows_on(ss(), &p.all());
+    let ours = rows_on(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| from_bnetstat(&serde_json::from_str(l).expect("JSON line"))),
+        &p.all(),
+    );
+    // 2 listeners + 2 established pairs + 2 bound + 1 connected UDP.
+    assert_eq!(ours.len(), 9, "{ours:#?}");
+    assert_same(&ours, &theirs);
+    assert!(ours.iter().any(|r| r.pids.contains(&server.pid())));
+    assert!(ours.iter().any(|r| r.pids.contains(&client.pid())));
+}
+
+/// Reads complete tables (JSON lines ended by an empty line) from a file
+/// bnetstat keeps appending to.
+fn tables(text: &str) -> Vec<Vec<Row>> {
+    let complete = match text.rfind("\n\n") {
+        Some(end) => &text[..end],
+        None => return Vec::new(),
+    };
+    complete
+        .split("\n\n")
+        .map(|t| {
+            t.lines()
+                .filter(|l| !l.is_empty())
+                .map(|l| from_bnetstat(&serde_json::from_str(l).expect("JSON line")))
+                .collect()
+        })
+        .collect()
+}
+
+fn wait_for_tables(path: &std::path::Path, n: usize) -> Vec<Vec<Row>> {
+    let deadline = Instant::now() + T;
+    loop {
+        let all = tables(&std::fs::read_to_string(path).unwrap_or_default());
+        if all.len() >= n {
+            return all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} tables within {T:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_interval_table_follows_the_scene_from_events_alone() {
+    let dir = TempDir::new();
+    let ns = NetNs::new("interval");
+    let p = Ports::pick();
+    let (server, client, _twin) = start_scene(&dir, &p, &ns);
+
+    // strace records every socket bnetstat opens and every file it reads.
+    let trace = dir.path().join("strace");
+    let stdout = dir.path().join("tables");
+    let mut bnetstat = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=socket,openat", "-o"])
+        .arg(&trace)
+        .arg(bnetstat_bin())
+        .args(["-tuanp", "--json", "0.5"])
+        .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+        .start();
+    let first = wait_for_tables(&stdout, 1);
+    assert_same(
+        &rows_on(first[0].clone(), &p.all()),
+        &rows_on(ss(), &p.all()),
+    );
+
+    // Change the scene: the client goes away (its connections close), and a
+    // process started after bnetstat opens a new listener and a UDP socket.
+    drop(client);
+    let (late_tcp, late_udp) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
+    let late = Holder::start(
+        Command::new(dir.exe(NETSCENE, "tbl-late")),
+        &[
+            format!("tcp-listen=127.0.0.1:{late_tcp}"),
+            format!("udp-bind=127.0.0.1:{late_udp}"),
+        ],
+    );
+    thread::sleep(Duration::from_millis(500));
+    let seen = wait_for_tables(&stdout, 1).len();
+    let tables = wait_for_tables(&stdout, seen + 1);
+    let theirs = ss();
+    let mut ports = p.all();
+    ports.extend([late_tcp, late_udp]);
+    let ours = rows_on(tables[seen].clone(), &ports);
+    assert_same(&ours, &rows_on(theirs, &ports));
+    assert!(
+        ours.iter().any(|r| r.state == "TIME_WAIT"),
+        "closed connections linger: {ours:#?}"
+    );
+    assert!(
+        ours.iter()
+            .any(|r| r.lport == late_tcp && r.pids.contains(&late.pid()))
+    );
+    assert!(
+        ours.iter()
+            .any(|r| r.lport == late_udp && r.pids.contains(&late.pid()))
+    );
+    drop(server);
+
+    // SAFETY: signalling bnetstat, strace's child, to stop.
+    unsafe { libc::kill(child_of(bnetstat.id()), libc::SIGINT) };
+    let status = bnetstat.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    let calls = std::fs::read_to_string(&trace).expect("strace output");
+    assert!(!calls.contains("/proc/net/"), "read /proc/net:\n{calls}");
+    let dumps = calls
+        .lines()
+        .filter(|l| l.contains("NETLINK_SOCK_DIAG"))
+        .count();
+    assert_eq!(
+        dumps, 4,
+        "one sock_diag dump per family and protocol, at start only:\n{calls}"
+    );
+    assert!(tables.len() > seen, "several tables were printed");
+}
+
+/// The process strace runs.
+fn child_of(pid: u32) -> libc::pid_t {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .expect("strace's children");
+    children
+        .split_whitespace()
+        .next()
+        .and_then(|c| c.parse().ok())
+        .expect("a child")
+}
+
+#[test]
+fn other_namespaces_show_only_when_asked() {
+    let dir = TempDir::new();
+    let ns = NetNs::new("allns");
+    let port = free_port("127.0.0.1");
+    let _twin = Holder::start(
+        ns.command(dir.exe(NETSCENE, "ns-twin")),
+        &[format!("tcp-listen=127.0.0.1:{port}")],
+    );
+    let list = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let out = Command::new(bnetstat_bin())
+            .args(["-tanp", "--json", "--port", &port.to_string()])
+            .args(extra)
+            .output()
+            .expect("bnetstat");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .collect()
+    };
+    assert_eq!(list(&[]).len(), 0, "not in bnetstat's own namespace");
+    let all = list(&["--all-netns"]);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0]["netns"], ns.inode());
+    assert_eq!(all[0]["comm"], "ns-twin");
+    let out = Command::new(bnetstat_bin())
+        .args(["-tanl", "--all-netns", "--port", &port.to_string()])
+        .output()
+        .expect("bnetstat");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.contains(&format!("127.0.0.1:{port}")))
+        .expect("the row");
+    assert!(
+        row.starts_with(&ns.0),
+        "the namespace's name leads the row: {text}"
+    );
+}
