@@ -51,6 +51,19 @@ pub struct Sock {
     pub expires_ns: Option<u64>,
 }
 
+/// What one event did to the table, for views that show change.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// A row appeared.
+    Opened(u64),
+    /// A row changed in place.
+    Changed(u64),
+    /// A row went away; this was its last state.
+    Closed(u64, Sock),
+    /// Nothing: the close of a socket never seen.
+    Nothing,
+}
+
 /// How long a connection stays in `TIME_WAIT` (`TCP_TIMEWAIT_LEN`).
 pub const TIME_WAIT_NS: u64 = 60_000_000_000;
 
@@ -93,8 +106,9 @@ impl Model {
     }
 
     /// Drops the `TIME_WAIT` rows that have expired by `now_ns`
-    /// (`CLOCK_BOOTTIME`).
-    pub fn prune(&mut self, now_ns: u64) {
+    /// (`CLOCK_BOOTTIME`), and returns them.
+    pub fn prune(&mut self, now_ns: u64) -> Vec<(u64, Sock)> {
+        let mut gone = Vec::new();
         while let Some(&Reverse((at, cookie))) = self.expiries.peek() {
             if at > now_ns {
                 break;
@@ -105,29 +119,47 @@ impl Model {
                 .get(&cookie)
                 .is_some_and(|s| s.expires_ns == Some(at))
             {
-                self.socks.remove(&cookie);
+                gone.extend(self.socks.remove_entry(&cookie));
             }
         }
+        gone
     }
 
-    /// Applies one kernel event.
-    pub fn apply(&mut self, event: &Event) {
+    /// Applies one kernel event and says what it did to the table.
+    pub fn apply(&mut self, event: &Event) -> Change {
         match event {
             Event::StateChange(ev) => self.state_change(ev),
             Event::Udp(ev) => self.udp(ev),
         }
     }
 
-    fn udp(&mut self, ev: &UdpSocketEvent) {
+    /// Removes a row, saying so.
+    fn close(&mut self, cookie: u64) -> Change {
+        self.socks
+            .remove(&cookie)
+            .map_or(Change::Nothing, |last| Change::Closed(cookie, last))
+    }
+
+    /// The row for `cookie`, made by `new` if there is none yet, and whether
+    /// it was.
+    fn row(&mut self, cookie: u64, new: impl FnOnce() -> Sock) -> (&mut Sock, Change) {
+        let change = if self.socks.contains_key(&cookie) {
+            Change::Changed(cookie)
+        } else {
+            Change::Opened(cookie)
+        };
+        (self.socks.entry(cookie).or_insert_with(new), change)
+    }
+
+    fn udp(&mut self, ev: &UdpSocketEvent) -> Change {
         if ev.op == UdpOp::Close {
-            self.socks.remove(&ev.sock);
-            return;
+            return self.close(ev.sock);
         }
         let unspecified = match ev.family {
             Family::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             Family::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         };
-        let sock = self.socks.entry(ev.sock).or_insert_with(|| Sock {
+        let (sock, change) = self.row(ev.sock, || Sock {
             proto: Proto::Udp,
             family: ev.family,
             laddr: unspecified,
@@ -159,11 +191,12 @@ impl Model {
             sock.owner = Some(owner.clone());
             sock.uid.get_or_insert(owner.uid);
         }
+        change
     }
 
-    fn state_change(&mut self, ev: &StateChangeEvent) {
+    fn state_change(&mut self, ev: &StateChangeEvent) -> Change {
         if ev.new == TcpState::Close {
-            self.socks.remove(&ev.sock);
+            let closed = self.close(ev.sock);
             // A clean active close hands the connection to a TIME_WAIT
             // socket that keeps the cookie; no event marks its end.
             if ev.error == 0
@@ -179,13 +212,11 @@ impl Model {
                 (tw.recv_q, tw.send_q) = (Some(0), Some(0));
                 self.socks.insert(ev.sock, tw);
                 self.expiries.push(Reverse((at, ev.sock)));
+                return Change::Changed(ev.sock);
             }
-            return;
+            return closed;
         }
-        let sock = self
-            .socks
-            .entry(ev.sock)
-            .or_insert_with(|| Sock::from_event(ev));
+        let (sock, change) = self.row(ev.sock, || Sock::from_event(ev));
         sock.state = ev.new;
         sock.since_ns = Some(ev.ts_ns);
         sock.timer = None;
@@ -200,6 +231,7 @@ impl Model {
             sock.owner = Some(owner.clone());
             sock.uid.get_or_insert(owner.uid);
         }
+        change
     }
 
     /// Every socket, in no particular order.
@@ -363,6 +395,38 @@ mod tests {
         m.apply(&change(3, 20, Close, SynSent, owner(1, "again")));
         m.prune(10 + TIME_WAIT_NS);
         assert_eq!(m.get(3).map(|s| s.state), Some(SynSent));
+    }
+
+    #[test]
+    fn every_event_says_what_it_did_to_the_table() {
+        let mut m = Model::default();
+        assert_eq!(
+            m.apply(&change(1, 1, Close, SynSent, None)),
+            Change::Opened(1)
+        );
+        assert_eq!(
+            m.apply(&change(1, 2, SynSent, Established, None)),
+            Change::Changed(1)
+        );
+        assert_eq!(
+            m.apply(&change(1, 3, FinWait1, Close, None)),
+            Change::Changed(1),
+            "TIME_WAIT"
+        );
+        let gone = m.prune(3 + TIME_WAIT_NS);
+        assert_eq!(
+            gone.iter().map(|(c, s)| (*c, s.state)).collect::<Vec<_>>(),
+            [(1, TimeWait)]
+        );
+        m.apply(&change(2, 4, Close, SynSent, None));
+        let Change::Closed(2, last) = m.apply(&change(2, 5, SynSent, Close, None)) else {
+            panic!("closed")
+        };
+        assert_eq!(last.state, SynSent);
+        assert_eq!(
+            m.apply(&change(3, 6, LastAck, Close, None)),
+            Change::Nothing
+        );
     }
 
     #[test]
