@@ -8,14 +8,64 @@ use crate::offsets::VMLINUX_BTF;
 
 /// netstat rebuilt on eBPF: live TCP state, owners always right.
 #[derive(Parser, Debug)]
-#[command(name = "bnetstat", version, about, long_about = None)]
+#[command(
+    name = "bnetstat",
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true,
+    after_help = TABLE_EXAMPLES
+)]
 pub struct Cli {
     /// Kernel BTF to read struct offsets from.
     #[arg(long, global = true, value_name = "PATH", default_value = VMLINUX_BTF)]
     pub btf: PathBuf,
 
+    #[command(flatten)]
+    pub table: TableArgs,
+
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+}
+
+const TABLE_EXAMPLES: &str = "\
+Examples:
+  bnetstat -i                        the interface table, like netstat -i
+  bnetstat -i 2                      packet rates per interface every 2 s
+  bnetstat --ethernet                bytes and packets per interface, like Windows' netstat -e
+  bnetstat -rn                       the IPv4 routing table, numeric
+  bnetstat -r -6 --json              the IPv6 routing table, one JSON object per route";
+
+/// netstat's own flags: which table to show and how.
+#[derive(Args, Debug, Default)]
+pub struct TableArgs {
+    /// Show the interface table.
+    #[arg(short = 'i', long, conflicts_with_all = ["ethernet", "route"])]
+    pub interfaces: bool,
+    /// Show bytes, packets, discards and errors per interface (Windows' netstat -e).
+    #[arg(long, conflicts_with = "route")]
+    pub ethernet: bool,
+    /// Show the routing table (main table).
+    #[arg(short = 'r', long)]
+    pub route: bool,
+    /// Show numeric addresses: no name lookups.
+    #[arg(short = 'n', long)]
+    pub numeric: bool,
+    /// IPv4 (with -6 too: both).
+    #[arg(short = '4')]
+    pub ipv4: bool,
+    /// IPv6 (with -4 too: both).
+    #[arg(short = '6')]
+    pub ipv6: bool,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Redisplay every second (or every INTERVAL) until Ctrl-C.
+    #[arg(short = 'c', long)]
+    pub continuous: bool,
+    /// Redisplay every INTERVAL seconds; -i and --ethernet then show rates.
+    #[arg(value_name = "INTERVAL", value_parser = parse_seconds)]
+    pub interval: Option<Duration>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -95,7 +145,9 @@ mod tests {
             "trace", "--json", "--pid", "7", "--port", "80", "--port", "443", "-6",
         ])
         .expect("parses");
-        let Command::Trace(t) = cli.command;
+        let Some(Command::Trace(t)) = cli.command else {
+            panic!("not trace: {cli:?}");
+        };
         assert!(t.json && t.ipv6 && !t.ipv4);
         assert_eq!((t.pid, t.port), (vec![7], vec![80, 443]));
         assert_eq!(t.kernel.ring_mib, 8);
@@ -109,16 +161,39 @@ mod tests {
             &["trace", "--port", "70000"],
             &["trace", "--ring-mib", "3"],
             &["trace", "-4", "-6"],
+            &["-i", "-r"],
+            &["--ethernet", "-r"],
+            &["-i", "--ethernet"],
+            &["-i", "0"],
+            &["-r", "soon"],
+            &["-i", "trace"],
         ] {
             assert!(parse(args).is_err(), "{args:?} accepted");
         }
     }
 
     #[test]
+    fn netstat_flags_combine_and_take_a_trailing_interval() {
+        let cli = parse(&["-rn", "-6", "--json"]).expect("parses");
+        assert!(cli.command.is_none());
+        let t = cli.table;
+        assert!(t.route && t.numeric && t.ipv6 && t.json && !t.ipv4);
+        assert_eq!(t.interval, None);
+        let t = parse(&["-i", "2"]).expect("parses").table;
+        assert!(t.interfaces);
+        assert_eq!(t.interval, Some(Duration::from_secs(2)));
+        let t = parse(&["--ethernet", "-c"]).expect("parses").table;
+        assert!(t.ethernet && t.continuous);
+    }
+
+    #[test]
     fn fractional_durations_are_fine() {
-        let Command::Trace(t) = parse(&["trace", "--duration", "0.5"])
+        let Some(Command::Trace(t)) = parse(&["trace", "--duration", "0.5"])
             .expect("parses")
-            .command;
+            .command
+        else {
+            panic!("not trace");
+        };
         assert_eq!(t.duration, Some(Duration::from_millis(500)));
     }
 }

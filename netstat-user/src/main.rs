@@ -2,19 +2,26 @@
 //!
 //! Data flows one way: `kernel` (load, attach, raw records) -> `decode`
 //! (typed events) -> commands (`trace`) -> `views` (what is printed).
+//! netstat's tables (`-i`, `--ethernet`, `-r`) come from rtnetlink instead:
+//! `netlink` -> `links`, `routes` -> `tables` -> `views`.
 
 mod cli;
 mod decode;
 mod escape;
 mod kernel;
+mod links;
+mod netlink;
 mod offsets;
+mod resolve;
+mod routes;
 mod signals;
+mod tables;
 mod trace;
 mod views;
 
 use std::{io, process::ExitCode};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use clap::Parser as _;
 
 use crate::{
@@ -37,7 +44,15 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     signals::install().context("installing signal handlers")?;
     match cli.command {
-        Command::Trace(args) => {
+        None => {
+            let Some(opts) = tables::Options::from_args(&cli.table) else {
+                bail!(
+                    "give a mode: -i (interfaces), --ethernet, -r (routes), or a command such as `trace` (see --help)"
+                );
+            };
+            tables::run(&opts, &mut io::BufWriter::new(io::stdout().lock()))
+        }
+        Some(Command::Trace(args)) => {
             let mut kernel = load_kernel(&cli.btf, &args.kernel)?;
             let family = match (args.ipv4, args.ipv6) {
                 (true, _) => Some(Family::Inet),

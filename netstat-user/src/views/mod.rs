@@ -1,4 +1,6 @@
 //! Everything bnetstat prints. Views read events and models; they never
 //! change them.
 
+pub mod interfaces;
+pub mod routes;
 pub mod trace;
