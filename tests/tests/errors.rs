@@ -90,3 +90,22 @@ fn cap_bpf_and_cap_perfmon_are_enough_without_root() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.starts_with("Tracing"), "{stderr}");
 }
+
+#[test]
+fn without_a_mode_it_names_the_modes() {
+    let out = Command::new(bnetstat_bin()).output().expect("run bnetstat");
+    assert_one_line_error(&out, 1, "give a mode");
+}
+
+#[test]
+fn a_bad_interval_is_a_usage_error() {
+    for interval in ["0", "-1", "soon"] {
+        let out = Command::new(bnetstat_bin())
+            .args(["-i", interval])
+            .output()
+            .expect("run bnetstat");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{interval}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
