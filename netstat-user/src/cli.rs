@@ -35,11 +35,25 @@ Examples:
   bnetstat -tanp          every TCP socket, numeric, with its process
   bnetstat -tulpn         listening TCP and UDP sockets
   bnetstat -tn 2          active TCP connections, redisplayed every 2 s
-  bnetstat -ta --json     one JSON object per socket";
+  bnetstat -ta --json     one JSON object per socket
+  bnetstat -i             the interface table, like netstat -i
+  bnetstat -i 2           packet rates per interface every 2 s
+  bnetstat --ethernet     bytes and packets per interface, like Windows' netstat -e
+  bnetstat -rn            the IPv4 routing table, numeric
+  bnetstat -r -6 --json   the IPv6 routing table, one JSON object per route";
 
-/// netstat's connection-table flags (Linux meanings).
-#[derive(Args, Debug)]
+/// netstat's own flags (Linux meanings): which table to show and how.
+#[derive(Args, Debug, Default)]
 pub struct TableArgs {
+    /// Show the interface table.
+    #[arg(short = 'i', long, conflicts_with_all = ["ethernet", "route"])]
+    pub interfaces: bool,
+    /// Show bytes, packets, discards and errors per interface (Windows' netstat -e).
+    #[arg(long, conflicts_with = "route")]
+    pub ethernet: bool,
+    /// Show the routing table (main table).
+    #[arg(short = 'r', long)]
+    pub route: bool,
     /// Show listening and non-listening sockets.
     #[arg(short, long)]
     pub all: bool,
@@ -52,10 +66,10 @@ pub struct TableArgs {
     /// UDP sockets.
     #[arg(short, long)]
     pub udp: bool,
-    /// Only IPv4.
-    #[arg(short = '4', conflicts_with = "ipv6")]
+    /// IPv4 (with -6 too: both).
+    #[arg(short = '4')]
     pub ipv4: bool,
-    /// Only IPv6.
+    /// IPv6 (with -4 too: both).
     #[arg(short = '6')]
     pub ipv6: bool,
     /// Numeric addresses, ports and users: no name look-ups.
@@ -94,7 +108,7 @@ pub struct TableArgs {
     /// Sockets of every network namespace, with a column naming it.
     #[arg(long)]
     pub all_netns: bool,
-    /// Redisplay every INTERVAL seconds.
+    /// Redisplay every INTERVAL seconds; -i and --ethernet then show rates.
     #[arg(value_name = "INTERVAL", value_parser = parse_seconds)]
     pub interval: Option<Duration>,
     #[command(flatten)]
@@ -146,8 +160,17 @@ pub struct TraceArgs {
 #[derive(Args, Debug)]
 pub struct KernelArgs {
     /// Kernel ring buffer size in MiB (a power of two).
-    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]
+    #[arg(long, value_name = "MIB", default_value_t = RING_MIB, value_parser = parse_ring_mib)]
     pub ring_mib: u32,
+}
+
+/// The ring buffer's default size.
+const RING_MIB: u32 = 8;
+
+impl Default for KernelArgs {
+    fn default() -> Self {
+        KernelArgs { ring_mib: RING_MIB }
+    }
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -211,6 +234,12 @@ mod tests {
             &["trace", "--ring-mib", "3"],
             &["trace", "-4", "-6"],
             &["-t", "--state", "sleeping"],
+            &["-i", "-r"],
+            &["--ethernet", "-r"],
+            &["-i", "--ethernet"],
+            &["-i", "0"],
+            &["-r", "soon"],
+            &["-i", "trace"],
             &["-t", "0"],
             &["-tan", "trace"],
         ] {
@@ -237,6 +266,20 @@ mod tests {
         assert!(t.tcp && t.udp && t.listening && t.program && t.numeric && !t.all);
         assert_eq!(t.port, [22]);
         assert_eq!(t.interval, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn table_modes_take_their_flags_and_a_trailing_interval() {
+        let cli = parse(&["-rn", "-6", "--json"]).expect("parses");
+        assert!(cli.command.is_none());
+        let t = cli.table;
+        assert!(t.route && t.numeric && t.ipv6 && t.json && !t.ipv4);
+        assert_eq!(t.interval, None);
+        let t = parse(&["-i", "2"]).expect("parses").table;
+        assert!(t.interfaces);
+        assert_eq!(t.interval, Some(Duration::from_secs(2)));
+        let t = parse(&["--ethernet", "-c"]).expect("parses").table;
+        assert!(t.ethernet && t.continuous);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! Data flows one way: `kernel` (load, attach, raw records) and `seed`
 //! (the start-up snapshot) -> `decode` (typed events) -> `model` (the live
 //! table) -> commands (`trace`, `connections`) -> `views` (what is printed).
+//! netstat's other tables (`-i`, `--ethernet`, `-r`) come from rtnetlink:
+//! `netlink` -> `links`, `routes` -> `tables` -> `views`.
 
 mod cli;
 mod clock;
@@ -10,13 +12,18 @@ mod connections;
 mod decode;
 mod escape;
 mod kernel;
+mod links;
 mod model;
 mod names;
+mod netlink;
 mod netns;
 mod offsets;
+mod resolve;
+mod routes;
 mod seed;
 mod signals;
 mod sockdiag;
+mod tables;
 mod trace;
 mod views;
 
@@ -46,6 +53,9 @@ fn run(cli: Cli) -> Result<()> {
     signals::install().context("installing signal handlers")?;
     match cli.command {
         None => {
+            if let Some(opts) = tables::Options::from_args(&cli.table) {
+                return tables::run(&opts, &mut io::BufWriter::new(io::stdout().lock()));
+            }
             let args = cli.table;
             let mut kernel = load_kernel(&cli.btf, &args.kernel, true)?;
             let netns = if args.all_netns {
@@ -103,10 +113,11 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// `-4` alone, `-6` alone, or (neither or both) every family.
 fn family(ipv4: bool, ipv6: bool) -> Option<Family> {
     match (ipv4, ipv6) {
-        (true, _) => Some(Family::Inet),
-        (_, true) => Some(Family::Inet6),
+        (true, false) => Some(Family::Inet),
+        (false, true) => Some(Family::Inet6),
         _ => None,
     }
 }

@@ -107,54 +107,6 @@ impl Start for Command {
     }
 }
 
-/// A network namespace made for one test, deleted when dropped.
-pub struct NetNs(pub String);
-
-impl NetNs {
-    pub fn new(tag: &str) -> NetNs {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "bnst-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        run("ip", &["netns", "add", &name]);
-        let ns = NetNs(name);
-        run("ip", &["-n", &ns.0, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// `ip netns exec NAME program args...`, to spawn inside it.
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.0]).arg(program);
-        cmd
-    }
-
-    /// The namespace's inode number, as bnetstat reports it.
-    pub fn inode(&self) -> u64 {
-        use std::os::unix::fs::MetadataExt as _;
-        fs::metadata(format!("/run/netns/{}", self.0))
-            .expect("netns file")
-            .ino()
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// Runs a command that must succeed.
-pub fn run(program: &str, args: &[&str]) {
-    let status = Command::new(program)
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(status.success(), "{program} {args:?} failed: {status}");
-}
-
 /// A TCP port free on `addr` right now (the kernel picks it).
 pub fn free_port(addr: &str) -> u16 {
     let l = TcpListener::bind((addr, 0)).unwrap_or_else(|e| panic!("bind {addr}:0: {e}"));
@@ -332,4 +284,156 @@ pub fn transitions(events: &[&Value]) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// A network namespace of the test's own (`bnst-<pid>-<n>`, loopback up),
+/// deleted with everything in it when dropped, even when the test fails.
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    pub fn new() -> NetNs {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "bnst-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        // From here on Drop cleans up.
+        let ns = NetNs { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The namespace's inode number, as bnetstat reports it.
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        fs::metadata(format!("/run/netns/{}", self.name))
+            .expect("netns file")
+            .ino()
+    }
+
+    /// `ip -n NAME ARGS`; panics on failure; stdout.
+    pub fn ip(&self, args: &[&str]) -> String {
+        run_ok(Command::new("ip").args(["-n", &self.name]).args(args))
+    }
+
+    /// `ip -n NAME -j ARGS`, parsed.
+    pub fn ip_json(&self, args: &[&str]) -> Value {
+        let out = run_ok(Command::new("ip").args(["-n", &self.name, "-j"]).args(args));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip -j {args:?}: {e}: {out}"))
+    }
+
+    /// `PROGRAM ARGS` run inside the namespace, not waited for.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// `bnetstat ARGS` run to completion inside the namespace; panics
+    /// unless it succeeds with nothing on stderr.
+    pub fn bnetstat(&self, args: &[&str]) -> String {
+        let out = self
+            .command(bnetstat_bin())
+            .args(args)
+            .output()
+            .expect("run ip netns exec bnetstat");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "bnetstat {args:?} in {} ({}): {stderr}",
+            self.name,
+            out.status
+        );
+        String::from_utf8(out.stdout).expect("bnetstat prints UTF-8")
+    }
+
+    /// [`NetNs::bnetstat`] with `--json`, one value per line.
+    pub fn bnetstat_json(&self, args: &[&str]) -> Vec<Value> {
+        let mut args = args.to_vec();
+        args.push("--json");
+        self.bnetstat(&args)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+}
+
+impl Default for NetNs {
+    fn default() -> Self {
+        NetNs::new()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its interfaces, routes and veth
+        // ends (and so their peers elsewhere).
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Two namespaces joined by a veth pair: `a` has `veth_a` with
+/// `10.<net>.0.1/24` and `fd<net>::1/64`, `b` has `veth_b` with the `.2` and
+/// `::2` addresses. IPv6 addresses skip duplicate detection so they are
+/// usable at once.
+pub struct VethPair {
+    pub a: NetNs,
+    pub b: NetNs,
+}
+
+/// The name of each veth end, inside its own namespace.
+pub const VETH_A: &str = "bnst-a";
+pub const VETH_B: &str = "bnst-b";
+
+impl VethPair {
+    pub fn new(net: u8) -> VethPair {
+        let (a, b) = (NetNs::new(), NetNs::new());
+        a.ip(&[
+            "link",
+            "add",
+            VETH_A,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            VETH_B,
+            "netns",
+            b.name(),
+        ]);
+        for (ns, dev, host) in [(&a, VETH_A, 1), (&b, VETH_B, 2)] {
+            ns.ip(&["addr", "add", &format!("10.{net}.0.{host}/24"), "dev", dev]);
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("fd{net:02x}::{host}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+            ns.ip(&["link", "set", dev, "up"]);
+        }
+        VethPair { a, b }
+    }
+}
+
+/// Runs `cmd` to completion; panics with its stderr unless it succeeds.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -90,3 +90,16 @@ fn cap_bpf_and_cap_perfmon_are_enough_without_root() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.starts_with("Tracing"), "{stderr}");
 }
+
+#[test]
+fn a_bad_interval_is_a_usage_error() {
+    for interval in ["0", "-1", "soon"] {
+        let out = Command::new(bnetstat_bin())
+            .args(["-i", interval])
+            .output()
+            .expect("run bnetstat");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{interval}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

@@ -107,7 +107,7 @@ fn rows_on(rows: impl IntoIterator<Item = Row>, ports: &[u16]) -> Vec<Row> {
 #[test]
 fn the_table_matches_ss_row_for_row() {
     let dir = TempDir::new();
-    let ns = NetNs::new("table");
+    let ns = NetNs::new();
     let p = Ports::pick();
     let (server, client, _twin) = start_scene(&dir, &p, &ns);
 
@@ -170,7 +170,7 @@ fn wait_for_tables(path: &std::path::Path, n: usize) -> Vec<Vec<Row>> {
 #[test]
 fn an_interval_table_follows_the_scene_from_events_alone() {
     let dir = TempDir::new();
-    let ns = NetNs::new("interval");
+    let ns = NetNs::new();
     let p = Ports::pick();
     let (server, client, _twin) = start_scene(&dir, &p, &ns);
 
@@ -254,7 +254,7 @@ fn child_of(pid: u32) -> libc::pid_t {
 #[test]
 fn other_namespaces_show_only_when_asked() {
     let dir = TempDir::new();
-    let ns = NetNs::new("allns");
+    let ns = NetNs::new();
     let port = free_port("127.0.0.1");
     let _twin = Holder::start(
         ns.command(dir.exe(NETSCENE, "ns-twin")),
@@ -291,7 +291,7 @@ fn other_namespaces_show_only_when_asked() {
         .find(|l| l.contains(&format!("127.0.0.1:{port}")))
         .expect("the row");
     assert!(
-        row.starts_with(&ns.0),
+        row.starts_with(ns.name()),
         "the namespace's name leads the row: {text}"
     );
 }

@@ -6,11 +6,14 @@
 //! netscene listen ADDR PORT [--accept N] [--close-first] [--linger-ms MS]
 //! netscene connect ADDR PORT [--count N] [--wait-eof]
 //! netscene hold SPEC...
+//! netscene udp ADDR PORT [--count N] [--interval-ms MS]
 //! ```
 //! `listen` prints `listening` once it listens. Each accepted connection is
 //! read to EOF, held `--linger-ms`, then closed; with `--close-first` it is
 //! closed at once instead. `connect` sends a line and closes, or with
-//! `--wait-eof` reads until the server closes, then closes.
+//! `--wait-eof` reads until the server closes, then closes. `udp` sends
+//! `--count` datagrams of 100 bytes, `--interval-ms` apart: known traffic
+//! for the interface counters.
 //!
 //! `hold` opens every socket its SPECs name, prints `ready`, and holds them
 //! until its stdin closes. SPECs: `tcp-listen=ADDR:PORT` (accepted
@@ -21,7 +24,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     process::ExitCode,
     thread,
     time::Duration,
@@ -66,6 +69,7 @@ fn run() -> Result<(), String> {
             value("--linger-ms", 0)?,
         ),
         "connect" => connect(at, value("--count", 1)?, flag("--wait-eof")),
+        "udp" => udp(at, value("--count", 1)?, value("--interval-ms", 0)?),
         other => return Err(format!("unknown mode {other}")),
     }
     .map_err(|e| e.to_string())
@@ -90,10 +94,10 @@ fn hold(specs: &[String]) -> std::io::Result<()> {
                 });
             }
             "tcp-connect" => held.push(Box::new(TcpStream::connect(addr(rest)?)?)),
-            "udp-bind" => held.push(Box::new(std::net::UdpSocket::bind(addr(rest)?)?)),
+            "udp-bind" => held.push(Box::new(UdpSocket::bind(addr(rest)?)?)),
             "udp-connect" => {
                 let (local, remote) = rest.split_once('>').ok_or_else(|| bad(spec))?;
-                let socket = std::net::UdpSocket::bind(addr(local)?)?;
+                let socket = UdpSocket::bind(addr(local)?)?;
                 socket.connect(addr(remote)?)?;
                 held.push(Box::new(socket));
             }
@@ -130,6 +134,20 @@ fn connect(at: SocketAddr, count: u64, wait_eof: bool) -> std::io::Result<()> {
         } else {
             conn.write_all(b"hello\n")?;
         }
+    }
+    Ok(())
+}
+
+fn udp(at: SocketAddr, count: u64, interval_ms: u64) -> std::io::Result<()> {
+    let any: IpAddr = if at.is_ipv4() {
+        [0, 0, 0, 0].into()
+    } else {
+        [0u16; 8].into()
+    };
+    let sock = UdpSocket::bind((any, 0))?;
+    for _ in 0..count {
+        sock.send_to(&[0x55; 100], at)?;
+        thread::sleep(Duration::from_millis(interval_ms));
     }
     Ok(())
 }
