@@ -115,7 +115,7 @@ impl Stats {
 }
 
 /// Every interface in the caller's network namespace, by index.
-pub fn dump(nl: &mut netlink::Route) -> Result<Vec<Link>> {
+pub fn dump(nl: &mut netlink::Socket) -> Result<Vec<Link>> {
     // AF_UNSPEC and index 0: all interfaces.
     let messages = nl
         .dump(RTM_GETLINK, &[0; IFINFOMSG_LEN])

@@ -18,7 +18,6 @@ mod names;
 mod netlink;
 mod netns;
 mod offsets;
-mod resolve;
 mod routes;
 mod seed;
 mod signals;

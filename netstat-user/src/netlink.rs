@@ -1,5 +1,5 @@
-//! A small rtnetlink client: one dump request, its replies, and the
-//! attributes inside them. Everything the kernel sends is length-checked;
+//! A small netlink client (rtnetlink, sock_diag): one dump request, its
+//! replies, and the attributes inside them. Everything the kernel sends is length-checked;
 //! a malformed message is an error, never a panic or an out-of-bounds read.
 
 use std::{
@@ -36,25 +36,26 @@ pub struct Message {
     pub payload: Vec<u8>,
 }
 
-/// A `NETLINK_ROUTE` socket.
-pub struct Route {
+/// A netlink socket to the kernel.
+pub struct Socket {
     fd: OwnedFd,
     seq: u32,
 }
 
-impl Route {
-    /// Opens a socket in the caller's network namespace.
-    pub fn open() -> Result<Route> {
+impl Socket {
+    /// Opens a socket of netlink `protocol` (`NETLINK_ROUTE`,
+    /// `NETLINK_SOCK_DIAG`) in the calling thread's network namespace.
+    pub fn open(protocol: libc::c_int) -> Result<Socket> {
         // SAFETY: plain socket(2); the fd is owned at once.
         let fd = unsafe {
             libc::socket(
                 libc::AF_NETLINK,
                 libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
+                protocol,
             )
         };
         if fd < 0 {
-            return Err(io::Error::last_os_error()).context("opening a rtnetlink socket");
+            return Err(io::Error::last_os_error()).context("opening a netlink socket");
         }
         // SAFETY: fd is a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -70,9 +71,9 @@ impl Route {
             )
         };
         if rc != 0 {
-            return Err(io::Error::last_os_error()).context("binding a rtnetlink socket");
+            return Err(io::Error::last_os_error()).context("binding a netlink socket");
         }
-        Ok(Route { fd, seq: 0 })
+        Ok(Socket { fd, seq: 0 })
     }
 
     /// Sends a dump request of type `kind` with `body` (the family header

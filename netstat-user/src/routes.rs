@@ -124,7 +124,7 @@ impl Route {
 }
 
 /// The main table's routes of `family`, in the kernel's order.
-pub fn dump(nl: &mut netlink::Route, family: Family) -> Result<Vec<Route>> {
+pub fn dump(nl: &mut netlink::Socket, family: Family) -> Result<Vec<Route>> {
     let mut rtmsg = [0u8; RTMSG_LEN];
     rtmsg[0] = af(family);
     let messages = nl

@@ -1,19 +1,15 @@
 //! The kernel's socket tables over netlink `sock_diag`, the interface `ss`
 //! uses: one dump per family and protocol, no text files under `/proc/net`.
 
-use std::{
-    io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use anyhow::{Result, anyhow};
 use netstat_common::{AF_INET, AF_INET6};
+
+use crate::netlink;
 
 const NETLINK_SOCK_DIAG: libc::c_int = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_HDRLEN: usize = 16;
 /// `struct inet_diag_msg`.
 const INET_DIAG_MSG_LEN: usize = 72;
 
@@ -61,106 +57,23 @@ pub struct DiagSocket {
 
 /// Every socket of `proto` in `family` in the calling thread's network
 /// namespace.
-pub fn dump(family: u16, proto: Proto) -> io::Result<Vec<DiagSocket>> {
-    // SAFETY: plain socket(2); the fd is owned at once.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    send(&fd, &request(family, proto))?;
-    let mut sockets = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        // SAFETY: recv into a buffer we own, bounded by its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if parse(&buf[..n as usize], proto, &mut sockets)? {
-            return Ok(sockets);
-        }
-    }
+pub fn dump(family: u16, proto: Proto) -> Result<Vec<DiagSocket>> {
+    let mut nl = netlink::Socket::open(NETLINK_SOCK_DIAG)?;
+    nl.dump(SOCK_DIAG_BY_FAMILY, &request(family, proto))?
+        .iter()
+        .filter(|m| m.kind == SOCK_DIAG_BY_FAMILY)
+        .map(|m| inet_diag_msg(&m.payload, proto).ok_or_else(|| anyhow!("short inet_diag_msg")))
+        .collect()
 }
 
-fn send(fd: &OwnedFd, msg: &[u8]) -> io::Result<()> {
-    // SAFETY: the kernel's netlink address, all zeros but the family.
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as u16;
-    // SAFETY: msg and addr outlive the call.
-    let n = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            msg.as_ptr().cast(),
-            msg.len(),
-            0,
-            (&raw const addr).cast(),
-            size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// `nlmsghdr` + `inet_diag_req_v2` asking for every socket in every state.
-fn request(family: u16, proto: Proto) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + 56;
-    let mut msg = Vec::with_capacity(len);
-    msg.extend_from_slice(&(len as u32).to_ne_bytes());
-    msg.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
-    msg.push(family as u8);
-    msg.push(proto.number());
-    msg.push(0); // no extensions
-    msg.push(0);
-    msg.extend_from_slice(&u32::MAX.to_ne_bytes()); // all states
-    msg.resize(len, 0); // inet_diag_sockid: match anything
-    msg
-}
-
-/// Parses one datagram of the dump into `out`; `Ok(true)` at its end.
-fn parse(mut buf: &[u8], proto: Proto, out: &mut Vec<DiagSocket>) -> io::Result<bool> {
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("sock_diag: {what}"));
-    while buf.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes(buf[0..4].try_into().map_err(|_| bad("header"))?) as usize;
-        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
-        if len < NLMSG_HDRLEN || len > buf.len() {
-            return Err(bad("message length"));
-        }
-        let body = &buf[NLMSG_HDRLEN..len];
-        match kind {
-            NLMSG_DONE => return Ok(true),
-            NLMSG_ERROR => {
-                let errno = body
-                    .get(..4)
-                    .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                    .ok_or_else(|| bad("error message"))?;
-                return Err(io::Error::from_raw_os_error(-errno));
-            }
-            SOCK_DIAG_BY_FAMILY => {
-                out.push(inet_diag_msg(body, proto).ok_or_else(|| bad("short inet_diag_msg"))?)
-            }
-            _ => {}
-        }
-        buf = &buf[len.next_multiple_of(4).min(buf.len())..];
-    }
-    Ok(false)
+/// `inet_diag_req_v2` asking for every socket in every state.
+fn request(family: u16, proto: Proto) -> [u8; 56] {
+    let mut req = [0u8; 56];
+    req[0] = family as u8;
+    req[1] = proto.number();
+    // req[2]: no extensions; the inet_diag_sockid after the states matches anything.
+    req[4..8].copy_from_slice(&u32::MAX.to_ne_bytes());
+    req
 }
 
 fn inet_diag_msg(b: &[u8], proto: Proto) -> Option<DiagSocket> {
@@ -211,17 +124,6 @@ fn inet_diag_msg(b: &[u8], proto: Proto) -> Option<DiagSocket> {
 mod tests {
     use super::*;
 
-    fn message(body: &[u8], kind: u16) -> Vec<u8> {
-        let len = NLMSG_HDRLEN + body.len();
-        let mut m = Vec::new();
-        m.extend_from_slice(&(len as u32).to_ne_bytes());
-        m.extend_from_slice(&kind.to_ne_bytes());
-        m.extend_from_slice(&[0; 10]);
-        m.extend_from_slice(body);
-        m.resize(len.next_multiple_of(4), 0);
-        m
-    }
-
     fn listener_msg() -> Vec<u8> {
         let mut b = vec![0u8; INET_DIAG_MSG_LEN];
         b[0] = AF_INET as u8;
@@ -238,12 +140,8 @@ mod tests {
     }
 
     #[test]
-    fn a_dump_datagram_parses_to_sockets_and_ends_at_done() {
-        let mut dgram = message(&listener_msg(), SOCK_DIAG_BY_FAMILY);
-        dgram.extend(message(&[0; 4], NLMSG_DONE));
-        let mut out = Vec::new();
-        assert!(parse(&dgram, Proto::Tcp, &mut out).expect("parses"));
-        let s = &out[0];
+    fn an_inet_diag_msg_parses_to_a_socket() {
+        let s = inet_diag_msg(&listener_msg(), Proto::Tcp).expect("parses");
         assert_eq!(
             (s.state, s.lport, s.laddr.to_string()),
             (10, 8080, "127.0.0.1".into())
@@ -254,34 +152,17 @@ mod tests {
     }
 
     #[test]
-    fn a_datagram_without_done_asks_for_more() {
-        let mut out = Vec::new();
-        let dgram = message(&listener_msg(), SOCK_DIAG_BY_FAMILY);
-        assert!(!parse(&dgram, Proto::Tcp, &mut out).expect("parses"));
-        assert_eq!(out.len(), 1);
-    }
-
-    #[test]
-    fn kernel_errors_and_malformed_messages_are_errors() {
-        let mut out = Vec::new();
-        let err = parse(
-            &message(&(-libc::EPERM).to_ne_bytes(), NLMSG_ERROR),
-            Proto::Tcp,
-            &mut out,
-        );
-        assert_eq!(err.expect_err("error").raw_os_error(), Some(libc::EPERM));
-        let mut truncated = message(&listener_msg(), SOCK_DIAG_BY_FAMILY);
-        truncated[0] = 200;
-        assert!(parse(&truncated, Proto::Tcp, &mut out).is_err());
-        let short = message(&listener_msg()[..40], SOCK_DIAG_BY_FAMILY);
-        assert!(parse(&short, Proto::Tcp, &mut out).is_err());
+    fn short_or_unknown_family_messages_are_refused() {
+        assert_eq!(inet_diag_msg(&listener_msg()[..40], Proto::Tcp), None);
+        let mut odd = listener_msg();
+        odd[0] = 1;
+        assert_eq!(inet_diag_msg(&odd, Proto::Tcp), None);
     }
 
     #[test]
     fn the_request_asks_for_every_state() {
         let req = request(AF_INET6, Proto::Udp);
-        assert_eq!(req.len(), 72);
-        assert_eq!(&req[16..18], &[AF_INET6 as u8, libc::IPPROTO_UDP as u8]);
-        assert_eq!(&req[20..24], &u32::MAX.to_ne_bytes());
+        assert_eq!(&req[..2], &[AF_INET6 as u8, libc::IPPROTO_UDP as u8]);
+        assert_eq!(&req[4..8], &u32::MAX.to_ne_bytes());
     }
 }

@@ -4,6 +4,7 @@
 use std::{
     collections::HashMap,
     io::{self, Write},
+    net::IpAddr,
     thread,
     time::{Duration, Instant},
 };
@@ -14,10 +15,11 @@ use crate::{
     cli::TableArgs,
     decode::Family,
     links::{self, Link},
+    names::SystemNames,
     netlink,
-    resolve::Resolver,
     routes::{self, Route},
     signals,
+    views::table::Names as _,
     views::{interfaces, routes as route_view},
 };
 
@@ -78,8 +80,11 @@ impl Options {
 
 /// Prints the table to `out`, then again every interval until Ctrl-C.
 pub fn run(opts: &Options, out: &mut impl Write) -> Result<()> {
-    let mut nl = netlink::Route::open()?;
-    let mut state = State::default();
+    let mut nl = netlink::Socket::open(libc::NETLINK_ROUTE)?;
+    let mut state = State {
+        last: None,
+        names: SystemNames::new(opts.numeric),
+    };
     let mut first = true;
     loop {
         let text = state.display(&mut nl, opts)?;
@@ -114,15 +119,15 @@ pub fn run(opts: &Options, out: &mut impl Write) -> Result<()> {
 }
 
 /// What one display needs from the previous ones.
-#[derive(Default)]
 struct State {
     /// The last sample of interface counters, for rates.
     last: Option<(Instant, Vec<Link>)>,
-    resolver: Resolver,
+    /// Host names found so far.
+    names: SystemNames,
 }
 
 impl State {
-    fn display(&mut self, nl: &mut netlink::Route, opts: &Options) -> Result<String> {
+    fn display(&mut self, nl: &mut netlink::Socket, opts: &Options) -> Result<String> {
         match opts.mode {
             Mode::Interfaces | Mode::Ethernet => {
                 let links = links::dump(nl)?;
@@ -148,7 +153,7 @@ impl State {
         }
     }
 
-    fn routes(&mut self, nl: &mut netlink::Route, opts: &Options) -> Result<String> {
+    fn routes(&mut self, nl: &mut netlink::Socket, opts: &Options) -> Result<String> {
         let ifnames: HashMap<u32, String> = links::dump(nl)?
             .into_iter()
             .map(|l| (l.index, l.name))
@@ -157,15 +162,19 @@ impl State {
         for &family in &opts.families {
             tables.push((family, routes::dump(nl, family)?));
         }
+        let addrs: Vec<IpAddr> = tables
+            .iter()
+            .flat_map(|(_, rs)| rs)
+            .flat_map(|r| r.gateway.into_iter().chain(r.is_host().then_some(r.dst)))
+            .collect();
         // JSON is always numeric: names are for people.
-        if !opts.numeric && !opts.json {
-            let addrs = tables
-                .iter()
-                .flat_map(|(_, rs)| rs)
-                .flat_map(|r| r.gateway.into_iter().chain(r.is_host().then_some(r.dst)));
-            self.resolver.lookup(addrs, RESOLVE_TIMEOUT);
+        if !opts.json {
+            self.names.prefetch(addrs.iter().copied(), RESOLVE_TIMEOUT);
         }
-        let hosts = self.resolver.names();
+        let hosts: HashMap<IpAddr, String> = addrs
+            .iter()
+            .filter_map(|&a| Some((a, self.names.host(a)?)))
+            .collect();
         let view = route_view::Opts {
             json: opts.json,
             numeric: opts.numeric,
