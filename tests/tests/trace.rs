@@ -17,9 +17,10 @@ const NETSCENE: &str = env!("CARGO_BIN_EXE_netscene");
 const T: Duration = Duration::from_secs(20);
 
 /// A server process accepts one connection from a client process; the
-/// client writes, closes and exits at once; the server reads to EOF, holds
-/// the connection 200 ms, then closes. So the client's last transition
-/// (FIN_WAIT2 -> CLOSE) happens after the client is gone.
+/// client fills the server's window, closes and exits at once; the server
+/// starts reading only a second later, reads to EOF, holds the connection
+/// 200 ms, then closes. The client's FIN can only be acknowledged once the
+/// server reads, so its last two transitions happen after it is gone.
 fn client_and_server(addr: &str, family: &str) {
     let port = free_port(addr);
     let tracer = Bnetstat::start(&["trace", "--json", "--port", &port.to_string()]);
@@ -27,12 +28,20 @@ fn client_and_server(addr: &str, family: &str) {
     let server_comm = format!("srv{port}");
     let client_comm = format!("cli{port}");
     let mut server = Command::new(dir.exe(NETSCENE, &server_comm))
-        .args(["listen", addr, &port.to_string(), "--linger-ms", "200"])
+        .args([
+            "listen",
+            addr,
+            &port.to_string(),
+            "--delay-ms",
+            "1000",
+            "--linger-ms",
+            "200",
+        ])
         .stdout(Stdio::piped())
         .start();
     let _stdout = wait_for_line(server.stdout.take().expect("stdout"), "listening", T);
     let mut client = Command::new(dir.exe(NETSCENE, &client_comm))
-        .args(["connect", addr, &port.to_string()])
+        .args(["connect", addr, &port.to_string(), "--fill"])
         .start();
     let client_pid = u64::from(client.id());
     assert!(wait_timeout(&mut client, T, "client").success());
@@ -113,12 +122,12 @@ fn client_and_server(addr: &str, family: &str) {
     );
     assert_eq!(a["rport"], c["lport"]);
 
-    // The client's last transition came after it exited, and is still its own.
-    let fin = last(client_sock);
-    assert!(
-        fin["ts_ns"].as_u64().expect("ts_ns") > client_gone_ns,
-        "{fin}"
-    );
+    // The client's last two transitions came after it exited, and are still
+    // its own (checked above).
+    for after_exit in &client_sock[3..] {
+        let ts = after_exit["ts_ns"].as_u64().expect("ts_ns");
+        assert!(ts > client_gone_ns, "{after_exit} before the client exited");
+    }
     // Time in the old state is known for every transition after the first.
     for evs in [listener, client_sock, accepted] {
         assert!(

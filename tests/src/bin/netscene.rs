@@ -3,15 +3,18 @@
 //! test, its `comm` names its role.
 //!
 //! ```text
-//! netscene listen ADDR PORT [--accept N] [--close-first] [--linger-ms MS]
-//! netscene connect ADDR PORT [--count N] [--wait-eof]
+//! netscene listen ADDR PORT [--accept N] [--close-first] [--delay-ms MS] [--linger-ms MS]
+//! netscene connect ADDR PORT [--count N] [--wait-eof | --fill]
 //! netscene hold SPEC...
 //! netscene udp ADDR PORT [--count N] [--interval-ms MS]
 //! ```
 //! `listen` prints `listening` once it listens. Each accepted connection is
-//! read to EOF, held `--linger-ms`, then closed; with `--close-first` it is
-//! closed at once instead. `connect` sends a line and closes, or with
-//! `--wait-eof` reads until the server closes, then closes. `udp` sends
+//! left unread for `--delay-ms`, read to EOF, held `--linger-ms`, then
+//! closed; with `--close-first` it is closed at once instead. `connect`
+//! sends a line and closes; with `--wait-eof` it reads until the server
+//! closes, then closes; with `--fill` it writes until the server's window
+//! is full and closes without waiting, so its FIN goes out only when the
+//! server reads. `udp` sends
 //! `--count` datagrams of 100 bytes, `--interval-ms` apart: known traffic
 //! for the interface counters.
 //!
@@ -66,9 +69,9 @@ fn run() -> Result<(), String> {
             at,
             value("--accept", 1)?,
             flag("--close-first"),
-            value("--linger-ms", 0)?,
+            (value("--delay-ms", 0)?, value("--linger-ms", 0)?),
         ),
-        "connect" => connect(at, value("--count", 1)?, flag("--wait-eof")),
+        "connect" => connect(at, value("--count", 1)?, flag("--wait-eof"), flag("--fill")),
         "udp" => udp(at, value("--count", 1)?, value("--interval-ms", 0)?),
         other => return Err(format!("unknown mode {other}")),
     }
@@ -111,13 +114,19 @@ fn hold(specs: &[String]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn listen(at: SocketAddr, accept: u64, close_first: bool, linger_ms: u64) -> std::io::Result<()> {
+fn listen(
+    at: SocketAddr,
+    accept: u64,
+    close_first: bool,
+    (delay_ms, linger_ms): (u64, u64),
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(at)?;
     println!("listening");
     std::io::stdout().flush()?;
     for _ in 0..accept {
         let (mut conn, _) = listener.accept()?;
         if !close_first {
+            thread::sleep(Duration::from_millis(delay_ms));
             std::io::copy(&mut conn, &mut std::io::sink())?;
             thread::sleep(Duration::from_millis(linger_ms));
         }
@@ -126,11 +135,20 @@ fn listen(at: SocketAddr, accept: u64, close_first: bool, linger_ms: u64) -> std
     Ok(())
 }
 
-fn connect(at: SocketAddr, count: u64, wait_eof: bool) -> std::io::Result<()> {
+fn connect(at: SocketAddr, count: u64, wait_eof: bool, fill: bool) -> std::io::Result<()> {
     for _ in 0..count {
         let mut conn = TcpStream::connect(at)?;
         if wait_eof {
             conn.read_to_end(&mut Vec::new())?;
+        } else if fill {
+            conn.set_nonblocking(true)?;
+            let chunk = [0x42u8; 64 << 10];
+            loop {
+                match conn.write(&chunk) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    other => other?,
+                };
+            }
         } else {
             conn.write_all(b"hello\n")?;
         }
