@@ -66,6 +66,9 @@ pub struct TableArgs {
     /// UDP sockets.
     #[arg(short, long)]
     pub udp: bool,
+    /// UNIX domain sockets.
+    #[arg(short = 'x', long)]
+    pub unix: bool,
     /// IPv4 (with -6 too: both).
     #[arg(short = '4')]
     pub ipv4: bool,

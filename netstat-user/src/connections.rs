@@ -10,8 +10,13 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
-    clock, decode::decode, kernel::Kernel, model::Model, names::SystemNames, seed, signals,
-    views::table,
+    clock,
+    decode::decode,
+    kernel::Kernel,
+    model::Model,
+    names::SystemNames,
+    seed, signals,
+    views::{table, unix},
 };
 
 /// How `bnetstat` lists connections.
@@ -49,7 +54,12 @@ pub fn run(kernel: &mut Kernel, opts: &Options, out: &mut impl Write) -> Result<
             );
             reported_lost = lost;
         }
-        match print(&model, opts, &names, out) {
+        let unix = if opts.view.unix {
+            seed::unix(kernel)?
+        } else {
+            Vec::new()
+        };
+        match print(&model, &unix, opts, &names, out) {
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
             other => other?,
         }
@@ -73,27 +83,50 @@ pub fn run(kernel: &mut Kernel, opts: &Options, out: &mut impl Write) -> Result<
 
 fn print(
     model: &Model,
+    unix_rows: &[unix::Row],
     opts: &Options,
     names: &SystemNames,
     out: &mut impl Write,
 ) -> io::Result<()> {
     let now = clock::boottime_ns();
-    if !opts.numeric {
+    let inet = opts.view.inet();
+    if !opts.numeric && inet {
         let rows = table::select(model, &opts.view);
         names.prefetch(
             rows.iter().flat_map(|(_, s)| [s.laddr, s.raddr]),
             NAME_PATIENCE,
         );
     }
-    let text = if opts.json {
+    let mut text = String::new();
+    if opts.json {
+        if inet {
+            text += &table::json(model, &opts.view, names);
+        }
+        if opts.view.unix {
+            text += &unix::json(unix_rows, &opts.view, names, seed_netns(opts));
+        }
         // Redisplayed, tables are told apart by an empty line.
-        let gap = if opts.interval.is_some() { "\n" } else { "" };
-        table::json(model, &opts.view, names) + gap
+        if opts.interval.is_some() {
+            text.push('\n');
+        }
     } else {
-        table::render(model, &opts.view, names, now)
-    };
+        if inet {
+            text += &table::render(model, &opts.view, names, now);
+        }
+        if opts.view.unix {
+            text += &unix::render(unix_rows, &opts.view, names);
+        }
+    }
     out.write_all(text.as_bytes())?;
     out.flush()
+}
+
+/// The namespace UNIX rows come from: bnetstat's own.
+fn seed_netns(opts: &Options) -> u32 {
+    opts.view
+        .netns
+        .or_else(|| seed::own_netns().ok())
+        .unwrap_or(0)
 }
 
 /// Applies every event the kernel has delivered so far.

@@ -68,6 +68,7 @@ fn run(cli: Cli) -> Result<()> {
                     listening: args.listening,
                     tcp: args.tcp,
                     udp: args.udp,
+                    unix: args.unix,
                     family: family(args.ipv4, args.ipv6),
                     extra: args.extend,
                     programs: args.program,

@@ -66,6 +66,20 @@ pub fn take(kernel: &mut Kernel, now_ns: u64, all_netns: bool) -> Result<Vec<(u6
     Ok(rows)
 }
 
+/// Every UNIX socket in bnetstat's own network namespace with its owner.
+/// No hook sees UNIX sockets come and go, so each table dumps them afresh.
+pub fn unix(kernel: &mut Kernel) -> Result<Vec<crate::views::unix::Row>> {
+    let socks = sockdiag::dump_unix().context("dumping UNIX sockets over sock_diag")?;
+    let owners = owners_by_inode(&kernel.socket_files()?);
+    Ok(socks
+        .into_iter()
+        .map(|s| {
+            let owner = owners.get(&u64::from(s.inode)).cloned();
+            (s, owner)
+        })
+        .collect())
+}
+
 /// Every TCP and UDP socket of the calling thread's network namespace.
 fn dump_all() -> Result<Vec<DiagSocket>> {
     let mut all = Vec::new();

@@ -66,6 +66,85 @@ pub fn dump(family: u16, proto: Proto) -> Result<Vec<DiagSocket>> {
         .collect()
 }
 
+/// One UNIX socket as `unix_diag` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnixSocket {
+    /// `SOCK_STREAM`, `SOCK_DGRAM` or `SOCK_SEQPACKET`.
+    pub kind: u8,
+    /// Kernel state number (`LISTEN`, `ESTABLISHED`, `CLOSE`, ...).
+    pub state: u8,
+    pub inode: u32,
+    /// Bound path; an abstract name starts with `@`. Untrusted.
+    pub path: Option<String>,
+    /// Inode of the socket at the other end.
+    pub peer: Option<u32>,
+    pub recv_q: Option<u32>,
+    pub send_q: Option<u32>,
+    pub uid: Option<u32>,
+}
+
+const UNIX_DIAG_NAME: u16 = 0;
+const UNIX_DIAG_PEER: u16 = 2;
+const UNIX_DIAG_RQLEN: u16 = 4;
+const UNIX_DIAG_UID: u16 = 7;
+/// `UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN | UDIAG_SHOW_UID`.
+const UDIAG_SHOW: u32 = 0x01 | 0x04 | 0x10 | 0x40;
+
+/// Every UNIX socket in the calling thread's network namespace.
+pub fn dump_unix() -> Result<Vec<UnixSocket>> {
+    let mut nl = netlink::Socket::open(NETLINK_SOCK_DIAG)?;
+    let mut req = [0u8; 24];
+    req[0] = libc::AF_UNIX as u8;
+    req[4..8].copy_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    req[12..16].copy_from_slice(&UDIAG_SHOW.to_ne_bytes());
+    nl.dump(SOCK_DIAG_BY_FAMILY, &req)?
+        .iter()
+        .filter(|m| m.kind == SOCK_DIAG_BY_FAMILY)
+        .map(|m| unix_diag_msg(&m.payload))
+        .collect()
+}
+
+/// `struct unix_diag_msg` (family, type, state, pad, inode, cookie[2]) and
+/// the attributes after it.
+fn unix_diag_msg(b: &[u8]) -> Result<UnixSocket> {
+    let head = b.get(..16).ok_or_else(|| anyhow!("short unix_diag_msg"))?;
+    let mut sock = UnixSocket {
+        kind: head[1],
+        state: head[2],
+        inode: u32::from_ne_bytes([head[4], head[5], head[6], head[7]]),
+        path: None,
+        peer: None,
+        recv_q: None,
+        send_q: None,
+        uid: None,
+    };
+    for attr in netlink::attrs(&b[16..]) {
+        let (kind, value) = attr?;
+        match kind {
+            UNIX_DIAG_NAME => sock.path = Some(unix_path(value)),
+            UNIX_DIAG_PEER => sock.peer = netlink::ne_u32(value),
+            UNIX_DIAG_RQLEN => {
+                sock.recv_q = netlink::ne_u32(value);
+                sock.send_q = value.get(4..).and_then(netlink::ne_u32);
+            }
+            UNIX_DIAG_UID => sock.uid = netlink::ne_u32(value),
+            _ => {}
+        }
+    }
+    Ok(sock)
+}
+
+/// A path as netstat prints it: abstract names (leading NUL) with `@`.
+fn unix_path(raw: &[u8]) -> String {
+    match raw.split_first() {
+        Some((0, rest)) => format!("@{}", String::from_utf8_lossy(rest)),
+        _ => {
+            let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+            String::from_utf8_lossy(&raw[..end]).into_owned()
+        }
+    }
+}
+
 /// `inet_diag_req_v2` asking for every socket in every state.
 fn request(family: u16, proto: Proto) -> [u8; 56] {
     let mut req = [0u8; 56];
@@ -157,6 +236,43 @@ mod tests {
         let mut odd = listener_msg();
         odd[0] = 1;
         assert_eq!(inet_diag_msg(&odd, Proto::Tcp), None);
+    }
+
+    fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
+        let mut a = Vec::new();
+        a.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+        a.extend_from_slice(&kind.to_ne_bytes());
+        a.extend_from_slice(value);
+        a.resize((4 + value.len()).next_multiple_of(4), 0);
+        a
+    }
+
+    #[test]
+    fn a_unix_diag_msg_parses_with_its_attributes() {
+        let mut b = vec![libc::AF_UNIX as u8, libc::SOCK_STREAM as u8, 10, 0];
+        b.extend_from_slice(&777u32.to_ne_bytes());
+        b.extend_from_slice(&[0; 8]);
+        b.extend(attr(UNIX_DIAG_NAME, b"/run/x.sock"));
+        b.extend(attr(UNIX_DIAG_PEER, &12u32.to_ne_bytes()));
+        b.extend(attr(UNIX_DIAG_RQLEN, &[1, 0, 0, 0, 128, 0, 0, 0]));
+        b.extend(attr(UNIX_DIAG_UID, &1000u32.to_ne_bytes()));
+        let s = unix_diag_msg(&b).expect("parses");
+        assert_eq!(
+            (s.kind, s.state, s.inode),
+            (libc::SOCK_STREAM as u8, 10, 777)
+        );
+        assert_eq!(s.path.as_deref(), Some("/run/x.sock"));
+        assert_eq!(
+            (s.peer, s.recv_q, s.send_q, s.uid),
+            (Some(12), Some(1), Some(128), Some(1000))
+        );
+        assert!(unix_diag_msg(&b[..10]).is_err());
+    }
+
+    #[test]
+    fn abstract_names_are_shown_with_an_at_sign() {
+        assert_eq!(unix_path(b"\0hidden"), "@hidden");
+        assert_eq!(unix_path(b"/tmp/s\0"), "/tmp/s");
     }
 
     #[test]

@@ -295,3 +295,43 @@ fn other_namespaces_show_only_when_asked() {
         "the namespace's name leads the row: {text}"
     );
 }
+
+#[test]
+fn unix_listeners_are_listed_with_their_owner() {
+    let dir = TempDir::new();
+    let path = dir.path().join("listener.sock");
+    let holder = Holder::start(
+        Command::new(dir.exe(NETSCENE, "unix-holder")),
+        &[format!("unix-listen={}", path.display())],
+    );
+    let out = Command::new(bnetstat_bin())
+        .args(["-xlp", "--json"])
+        .output()
+        .expect("bnetstat");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    let ours: Vec<_> = rows
+        .iter()
+        .filter(|r| r["laddr"].as_str() == path.to_str())
+        .collect();
+    assert_eq!(ours.len(), 1, "{rows:#?}");
+    assert_eq!(ours[0]["state"], "LISTENING");
+    assert_eq!(ours[0]["pid"], holder.pid());
+    assert_eq!(ours[0]["comm"], "unix-holder");
+    // ss agrees on the inode.
+    let ss = Command::new("ss").args(["-xlnH"]).output().expect("ss");
+    let ss = String::from_utf8_lossy(&ss.stdout);
+    let line = ss
+        .lines()
+        .find(|l| l.contains(path.to_str().expect("utf8")))
+        .expect("ss row");
+    let inode = ours[0]["inode"].to_string();
+    assert!(line.split_whitespace().any(|f| f == inode), "{line}");
+}

@@ -5,3 +5,4 @@ pub mod interfaces;
 pub mod routes;
 pub mod table;
 pub mod trace;
+pub mod unix;

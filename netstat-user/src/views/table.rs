@@ -22,6 +22,8 @@ pub struct Options {
     pub listening: bool,
     pub tcp: bool,
     pub udp: bool,
+    /// `-x`: UNIX sockets.
+    pub unix: bool,
     pub family: Option<Family>,
     /// `-e`: user and inode.
     pub extra: bool,
@@ -64,7 +66,7 @@ pub trait Names {
 
 /// The sockets `opts` selects, in display order.
 pub fn select<'m>(model: &'m Model, opts: &Options) -> Vec<(u64, &'m Sock)> {
-    let (tcp, udp) = if opts.tcp || opts.udp {
+    let (tcp, udp) = if opts.tcp || opts.udp || opts.unix {
         (opts.tcp, opts.udp)
     } else {
         (true, true)
@@ -77,10 +79,7 @@ pub fn select<'m>(model: &'m Model, opts: &Options) -> Vec<(u64, &'m Sock)> {
         })
         .filter(|(_, s)| opts.family.is_none_or(|f| f == s.family))
         .filter(|(_, s)| opts.netns.is_none_or(|n| n == s.netns))
-        .filter(|(_, s)| {
-            let listening = is_listening(s);
-            opts.all || (opts.listening && listening) || (!opts.listening && !listening)
-        })
+        .filter(|(_, s)| shows(opts, is_listening(s)))
         .filter(|(_, s)| {
             opts.ports.is_empty() || opts.ports.contains(&s.lport) || opts.ports.contains(&s.rport)
         })
@@ -141,17 +140,34 @@ fn state_name(s: &Sock) -> &'static str {
     }
 }
 
+impl Options {
+    /// Whether TCP or UDP sockets are asked for: yes unless only `-x` is.
+    pub fn inet(&self) -> bool {
+        self.tcp || self.udp || !self.unix
+    }
+}
+
+/// Which sockets the title says are shown.
+pub fn which(opts: &Options) -> &'static str {
+    match (opts.all, opts.listening) {
+        (true, _) => "servers and established",
+        (false, true) => "only servers",
+        (false, false) => "w/o servers",
+    }
+}
+
+/// Whether a listening (or not) socket is shown: `-a` all, `-l` servers only,
+/// otherwise the rest.
+pub fn shows(opts: &Options, listening: bool) -> bool {
+    opts.all || opts.listening == listening
+}
+
 /// The whole table, header included; `now_ns` (`CLOCK_BOOTTIME`) dates
 /// the timers.
 pub fn render(model: &Model, opts: &Options, names: &dyn Names, now_ns: u64) -> String {
     let rows = select(model, opts);
     let mut out = String::new();
-    let which = match (opts.all, opts.listening) {
-        (true, _) => "servers and established",
-        (false, true) => "only servers",
-        (false, false) => "w/o servers",
-    };
-    out.push_str(&format!("Active Internet connections ({which})\n"));
+    out.push_str(&format!("Active Internet connections ({})\n", which(opts)));
     if opts.netns.is_none() {
         out.push_str(&format!("{:<20} ", "Netns"));
     }

@@ -22,8 +22,8 @@
 //! until its stdin closes. SPECs: `tcp-listen=ADDR:PORT` (accepted
 //! connections are held until the peer closes, then closed),
 //! `tcp-connect=ADDR:PORT`, `udp-bind=ADDR:PORT`,
-//! `udp-connect=ADDR:PORT>ADDR:PORT` (bound, then connected). IPv6
-//! addresses go in brackets.
+//! `udp-connect=ADDR:PORT>ADDR:PORT` (bound, then connected),
+//! `unix-listen=PATH`. IPv6 addresses go in brackets.
 
 use std::{
     io::{Read, Write},
@@ -98,6 +98,7 @@ fn hold(specs: &[String]) -> std::io::Result<()> {
             }
             "tcp-connect" => held.push(Box::new(TcpStream::connect(addr(rest)?)?)),
             "udp-bind" => held.push(Box::new(UdpSocket::bind(addr(rest)?)?)),
+            "unix-listen" => held.push(Box::new(std::os::unix::net::UnixListener::bind(rest)?)),
             "udp-connect" => {
                 let (local, remote) = rest.split_once('>').ok_or_else(|| bad(spec))?;
                 let socket = UdpSocket::bind(addr(local)?)?;
