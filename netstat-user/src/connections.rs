@@ -9,13 +9,16 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
+use netstat_common::{AF_INET, AF_INET6};
+
 use crate::{
     clock,
-    decode::decode,
+    decode::{Family, decode},
     kernel::Kernel,
     model::Model,
     names::SystemNames,
     seed, signals,
+    sockdiag::Proto,
     views::{table, unix},
 };
 
@@ -37,8 +40,7 @@ const TICK: Duration = Duration::from_millis(100);
 /// Prints the table once, or every interval until stopped.
 pub fn run(kernel: &mut Kernel, opts: &Options, out: &mut impl Write) -> Result<()> {
     let mut model = Model::default();
-    let all_netns = opts.view.netns.is_none();
-    for (cookie, sock) in seed::take(kernel, clock::boottime_ns(), all_netns)? {
+    for (cookie, sock) in seed::take(kernel, clock::boottime_ns(), &scope(&opts.view))? {
         model.seed(cookie, sock);
     }
     let names = SystemNames::new(opts.numeric);
@@ -119,6 +121,28 @@ fn print(
     }
     out.write_all(text.as_bytes())?;
     out.flush()
+}
+
+/// The sockets the table can show, and so the ones to dump.
+fn scope(view: &table::Options) -> seed::Scope {
+    let protos = match (view.tcp, view.udp, view.inet()) {
+        (_, _, false) => vec![],
+        (false, false, true) => vec![Proto::Tcp, Proto::Udp],
+        (tcp, udp, true) => [(tcp, Proto::Tcp), (udp, Proto::Udp)]
+            .into_iter()
+            .filter_map(|(on, p)| on.then_some(p))
+            .collect(),
+    };
+    let families = match view.family {
+        Some(Family::Inet) => vec![AF_INET],
+        Some(Family::Inet6) => vec![AF_INET6],
+        None => vec![AF_INET, AF_INET6],
+    };
+    seed::Scope {
+        protos,
+        families,
+        all_netns: view.netns.is_none(),
+    }
 }
 
 /// The namespace UNIX rows come from: bnetstat's own.

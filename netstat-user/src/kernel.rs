@@ -44,8 +44,10 @@ pub struct Options<'a> {
     pub btf: &'a Path,
     /// Ring buffer size in bytes (a power of two, at least a page).
     pub ring_bytes: u32,
-    /// Also what the socket table needs: the fd-table iterator and the UDP
-    /// hooks (which need CAP_NET_ADMIN too).
+    /// Follow events: TCP transitions, and with `sockets` the UDP hooks too
+    /// (which need CAP_NET_ADMIN).
+    pub events: bool,
+    /// What a socket table needs: the fd-table iterator.
     pub sockets: bool,
 }
 
@@ -55,6 +57,8 @@ pub struct Kernel {
     ebpf: Ebpf,
     events: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    /// Whether the event programs are attached.
+    following: bool,
 }
 
 impl Kernel {
@@ -64,24 +68,30 @@ impl Kernel {
         let offsets = offsets::load(opts.btf)?;
         let btf = Btf::parse_file(opts.btf, Endianness::default())
             .map_err(|e| anyhow!("cannot parse kernel BTF {}: {e}", opts.btf.display()))?;
+        // Without events nothing writes to the ring: a page will do.
+        let ring_bytes = if opts.events { opts.ring_bytes } else { 4096 };
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global(OFFSETS_GLOBAL, &offsets, true)
-            .map_max_entries(EVENTS_MAP, opts.ring_bytes)
+            .map_max_entries(EVENTS_MAP, ring_bytes)
             .load(OBJECT)
             .map_err(load_error)?;
-        for &(name, tracepoint) in TRACEPOINTS {
-            let prog: &mut BtfTracePoint = program(&mut ebpf, name)?.try_into()?;
-            prog.load(tracepoint, &btf)
-                .map_err(|e| program_error(name, e))?;
-            prog.attach().map_err(|e| program_error(name, e))?;
+        if opts.events {
+            for &(name, tracepoint) in TRACEPOINTS {
+                let prog: &mut BtfTracePoint = program(&mut ebpf, name)?.try_into()?;
+                prog.load(tracepoint, &btf)
+                    .map_err(|e| program_error(name, e))?;
+                prog.attach().map_err(|e| program_error(name, e))?;
+            }
         }
         if opts.sockets {
             let (name, target) = OWNERS_ITERATOR;
             let iter: &mut Iter = program(&mut ebpf, name)?.try_into()?;
             iter.load(target, &btf)
                 .map_err(|e| program_error(name, e))?;
-            attach_udp_hooks(&mut ebpf)?;
+            if opts.events {
+                attach_udp_hooks(&mut ebpf)?;
+            }
         }
         let events = RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)?;
@@ -89,6 +99,7 @@ impl Kernel {
             ebpf,
             events,
             counters,
+            following: opts.events,
         })
     }
 
@@ -151,6 +162,10 @@ impl Kernel {
         listeners: impl IntoIterator<Item = (ListenKey, Listener)>,
     ) -> Result<()> {
         const BPF_NOEXIST: u64 = 1;
+        if !self.following {
+            // No program will read them.
+            return Ok(());
+        }
         let mut map: HashMap<_, u64, SockInfo> = HashMap::try_from(self.map_mut(SOCKS_MAP)?)?;
         for (cookie, owner) in socks {
             ignore_exists(map.insert(cookie, SockInfo { since_ns: 0, owner }, BPF_NOEXIST))?;
@@ -171,6 +186,9 @@ impl Kernel {
 
     /// Events lost since load.
     pub fn lost(&self) -> Result<Lost> {
+        if !self.following {
+            return Ok(Lost::default());
+        }
         let counter = |index: u32| -> Result<u64> {
             Ok(self
                 .counters

@@ -56,7 +56,9 @@ fn run(cli: Cli) -> Result<()> {
                 return tables::run(&opts, &mut io::BufWriter::new(io::stdout().lock()));
             }
             let args = cli.table;
-            let mut kernel = load_kernel(&cli.btf, &args.kernel, true)?;
+            // A table printed once needs no events: the seed is the table.
+            let redisplay = args.interval.is_some() || args.continuous;
+            let mut kernel = load_kernel(&cli.btf, &args.kernel, redisplay, true)?;
             let netns = if args.all_netns {
                 None
             } else {
@@ -93,7 +95,7 @@ fn run(cli: Cli) -> Result<()> {
             )
         }
         Some(Command::Trace(args)) => {
-            let mut kernel = load_kernel(&cli.btf, &args.kernel, false)?;
+            let mut kernel = load_kernel(&cli.btf, &args.kernel, true, false)?;
             let opts = trace::Options {
                 json: args.json,
                 filter: trace::Filter {
@@ -122,10 +124,16 @@ fn family(ipv4: bool, ipv6: bool) -> Option<Family> {
     }
 }
 
-fn load_kernel(btf: &std::path::Path, args: &KernelArgs, sockets: bool) -> Result<Kernel> {
+fn load_kernel(
+    btf: &std::path::Path,
+    args: &KernelArgs,
+    events: bool,
+    sockets: bool,
+) -> Result<Kernel> {
     Kernel::load(&kernel::Options {
         btf,
         ring_bytes: args.ring_mib << 20,
+        events,
         sockets,
     })
 }

@@ -21,17 +21,27 @@ pub fn own_netns() -> Result<u32> {
     Ok(meta.ino() as u32)
 }
 
-/// Takes the snapshot at `now_ns` (`CLOCK_BOOTTIME`) of bnetstat's own
-/// network namespace, or of every one, and tells the kernel side the owners
-/// it found.
-pub fn take(kernel: &mut Kernel, now_ns: u64, all_netns: bool) -> Result<Vec<(u64, Sock)>> {
+/// Which sockets a snapshot takes: dumping only what will be shown is most
+/// of what makes a cold start fast.
+pub struct Scope {
+    pub protos: Vec<Proto>,
+    /// `AF_INET`, `AF_INET6`.
+    pub families: Vec<u16>,
+    /// Every network namespace, not only bnetstat's own.
+    pub all_netns: bool,
+}
+
+/// Takes the snapshot at `now_ns` (`CLOCK_BOOTTIME`) and tells the kernel
+/// side the owners it found.
+pub fn take(kernel: &mut Kernel, now_ns: u64, scope: &Scope) -> Result<Vec<(u64, Sock)>> {
+    let dump = || dump_all(scope);
     // Sockets first, then files: a socket the dump saw and that still exists
     // has its file in the later walk.
-    let mut diag = vec![(own_netns()?, dump_all()?)];
-    if all_netns {
+    let mut diag = vec![(own_netns()?, dump()?)];
+    if scope.all_netns {
         for ns in netns::others()? {
             // A namespace that vanished since it was listed has no sockets.
-            if let Ok(Ok(socks)) = netns::inside(&ns, dump_all) {
+            if let Ok(Ok(socks)) = netns::inside(&ns, dump) {
                 diag.push((ns.inode, socks));
             }
         }
@@ -80,11 +90,11 @@ pub fn unix(kernel: &mut Kernel) -> Result<Vec<crate::views::unix::Row>> {
         .collect())
 }
 
-/// Every TCP and UDP socket of the calling thread's network namespace.
-fn dump_all() -> Result<Vec<DiagSocket>> {
+/// The sockets in `scope` of the calling thread's network namespace.
+fn dump_all(scope: &Scope) -> Result<Vec<DiagSocket>> {
     let mut all = Vec::new();
-    for family in [AF_INET, AF_INET6] {
-        for proto in [Proto::Tcp, Proto::Udp] {
+    for &family in &scope.families {
+        for &proto in &scope.protos {
             all.extend(
                 sockdiag::dump(family, proto)
                     .with_context(|| format!("dumping {proto:?} sockets over sock_diag"))?,
