@@ -2,7 +2,8 @@
 //!
 //! Data flows one way: `kernel` (load, attach, raw records) and `seed`
 //! (the start-up snapshot) -> `decode` (typed events) -> `model` (the live
-//! table) -> commands (`trace`, `connections`) -> `views` (what is printed).
+//! table) -> commands (`trace`, `connections`, `watch`) -> `views` (what is
+//! printed or drawn).
 
 mod cli;
 mod clock;
@@ -19,6 +20,7 @@ mod signals;
 mod sockdiag;
 mod trace;
 mod views;
+mod watch;
 
 use std::{io, process::ExitCode, time::Duration};
 
@@ -48,11 +50,7 @@ fn run(cli: Cli) -> Result<()> {
         None => {
             let args = cli.table;
             let mut kernel = load_kernel(&cli.btf, &args.kernel, true)?;
-            let netns = if args.all_netns {
-                None
-            } else {
-                Some(seed::own_netns()?)
-            };
+            let netns = netns_filter(args.all_netns)?;
             let opts = connections::Options {
                 view: views::table::Options {
                     all: args.all,
@@ -100,7 +98,31 @@ fn run(cli: Cli) -> Result<()> {
                 &mut io::BufWriter::new(io::stdout().lock()),
             )
         }
+        Some(Command::Watch(args)) => {
+            let mut kernel = load_kernel(&cli.btf, &args.kernel, true)?;
+            let opts = watch::Options {
+                select: views::table::Options {
+                    all: true,
+                    tcp: args.tcp,
+                    udp: args.udp,
+                    family: family(args.ipv4, args.ipv6),
+                    netns: netns_filter(args.all_netns)?,
+                    ..views::table::Options::default()
+                },
+                numeric: args.numeric,
+            };
+            watch::run(&mut kernel, &opts)
+        }
     }
+}
+
+/// bnetstat's own network namespace, or `None` for every one.
+fn netns_filter(all_netns: bool) -> Result<Option<u32>> {
+    Ok(if all_netns {
+        None
+    } else {
+        Some(seed::own_netns()?)
+    })
 }
 
 fn family(ipv4: bool, ipv6: bool) -> Option<Family> {

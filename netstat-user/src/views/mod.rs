@@ -3,3 +3,4 @@
 
 pub mod table;
 pub mod trace;
+pub mod watch;
