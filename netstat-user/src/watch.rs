@@ -62,7 +62,14 @@ pub fn run(kernel: &mut Kernel, opts: &Options) -> Result<()> {
     let mut state = WatchState::new(opts.select.clone());
     let mut screen = Screen::enter().context("setting up the terminal")?;
     // Dropping `screen` restores the terminal, also when this fails.
-    show(kernel, &mut model, &mut state, &names, &mut screen.terminal)
+    show(
+        kernel,
+        &mut model,
+        &mut state,
+        &names,
+        &opts.select,
+        &mut screen.terminal,
+    )
 }
 
 /// The loop: drain the kernel, read keys, redraw when something changed.
@@ -71,6 +78,7 @@ fn show(
     model: &mut Model,
     state: &mut WatchState,
     names: &SystemNames,
+    select: &table::Options,
     terminal: &mut Terminal<CrosstermBackend<Stdout>>,
 ) -> Result<()> {
     let mut rate = EventRate::new(clock::boottime_ns());
@@ -125,14 +133,14 @@ fn show(
             events_per_sec: rate.per_second(),
             lost: kernel.lost()?.total(),
         };
-        if !state.paused() {
-            // Names come in the background; the next frame shows them.
-            let rows = state.rows(model, names, now);
-            names.prefetch(
-                rows.iter().flat_map(|r| [r.sock.laddr, r.sock.raddr]),
-                Duration::ZERO,
-            );
-        }
+        // Names come in the background; a later frame shows them.
+        names.prefetch(
+            model
+                .iter()
+                .filter(|(_, s)| table::wanted(s, select))
+                .flat_map(|(_, s)| [s.laddr, s.raddr]),
+            Duration::ZERO,
+        );
         let mut shown = None;
         terminal
             .draw(|frame| {

@@ -389,6 +389,7 @@ impl Column {
             Column::Local => Key::Endpoint(s.laddr, s.lport),
             Column::Remote => Key::Endpoint(s.raddr, s.rport),
             Column::State => Key::Text(state_name(s)),
+            // Sockets with no known owner sort after those with one.
             Column::Pid => Key::Number(s.owner.as_ref().map_or(u64::MAX, |o| u64::from(o.pid))),
             Column::Program => Key::Text(s.owner.as_ref().map_or("\u{10ffff}", |o| &o.comm)),
             // Youngest first; a socket older than bnetstat is oldest.
