@@ -2,8 +2,9 @@
 //! pane and `capture-pane` reads back what a user would see. A server
 //! started before it and a client started while it runs must show with
 //! their programs, the client's rows highlighted, the server's closing
-//! row faded out; a filter typed, the window resized, and `q` must leave
-//! the shell's screen as it was.
+//! row faded out; filters typed, the window resized, and `q` must leave
+//! the shell's screen as it was. The kernel is shared with other tests, so
+//! the test filters the table down to its own port first.
 
 use std::{
     process::{Child, Command, Stdio},
@@ -259,16 +260,27 @@ fn the_live_screen_follows_connections_and_quits_cleanly() {
         &format!("tcp-listen=127.0.0.1:{port}"),
     );
     let tmux = Tmux::start("watch", 160, 40, &watch_command("-n"));
-    let screen = tmux.wait_for("listener seeded before start", |s| {
-        rows_with(s, &format!("127.0.0.1:{port}"))
-            .iter()
-            .any(|l| l.contains("LISTEN") && l.contains("wat-server"))
+    let screen = tmux.wait_for("the table", |s| {
+        s.iter().any(|l| l.contains("sockets tracked"))
     });
     assert!(
         screen[0].starts_with("Proto") && screen[0].contains("Program"),
         "{screen:#?}"
     );
     assert_eq!(screen.len(), 40);
+
+    // Other tests' sockets fill the screen: a filter leaves only ours.
+    tmux.keys(&["/"]);
+    tmux.keys(&["-l", &p]);
+    tmux.keys(&["Enter"]);
+    let screen = tmux.wait_for("the listener seeded before start", |s| {
+        s.iter().any(|l| l.contains(&format!("filter \"{port}\"")))
+            && rows_with(s, &format!("127.0.0.1:{port}"))
+                .iter()
+                .any(|l| l.contains("LISTEN") && l.contains("wat-server"))
+    });
+    let rows = body(&screen);
+    assert!(rows.iter().all(|l| l.contains(&p)), "{screen:#?}");
 
     // A client started now appears from events alone, both ends named.
     let client = Holder::start(
@@ -312,16 +324,20 @@ fn the_live_screen_follows_connections_and_quits_cleanly() {
     assert!(style.dim, "a closed row is dimmed: {line}");
     tmux.wait_for("the closed row gone", |s| !closing(s));
 
-    // A filter leaves only what matches and says so.
+    // `/` edits the filter: a second word narrows it to one program.
     tmux.keys(&["/"]);
-    tmux.keys(&["-l", &p]);
+    tmux.keys(&["-l", " wat-server"]);
     tmux.keys(&["Enter"]);
-    let screen = tmux.wait_for("the filter applied", |s| {
-        s.iter().any(|l| l.contains(&format!("filter \"{port}\"")))
+    let screen = tmux.wait_for("the narrower filter", |s| {
+        s.iter()
+            .any(|l| l.contains(&format!("filter \"{port} wat-server\"")))
     });
     let rows = body(&screen);
     assert!(
-        !rows.is_empty() && rows.iter().all(|l| l.contains(&p)),
+        !rows.is_empty()
+            && rows
+                .iter()
+                .all(|l| l.contains(&p) && l.contains("wat-server")),
         "{screen:#?}"
     );
 
