@@ -123,6 +123,44 @@ pub enum Command {
     /// Print every TCP state transition as it happens, with its owner.
     #[command(after_help = TRACE_EXAMPLES)]
     Trace(TraceArgs),
+    /// A full-screen live table: new connections highlighted, closed ones
+    /// fading out, sortable, filterable.
+    #[command(after_help = WATCH_KEYS)]
+    Watch(WatchArgs),
+}
+
+const WATCH_KEYS: &str = "\
+Keys:
+  q, Ctrl-C            quit
+  s, S, Left, Right    sort by the next or previous column
+  r                    reverse the sort
+  /                    type a filter (address, port, program, state); Enter keeps it, Esc clears it
+  g                    group by process
+  p, Space             pause the table (events are still counted)
+  Up, Down, PgUp, PgDn scroll";
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// TCP sockets.
+    #[arg(short, long)]
+    pub tcp: bool,
+    /// UDP sockets.
+    #[arg(short, long)]
+    pub udp: bool,
+    /// Only IPv4.
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Only IPv6.
+    #[arg(short = '6')]
+    pub ipv6: bool,
+    /// Numeric addresses and ports: no name look-ups.
+    #[arg(short, long)]
+    pub numeric: bool,
+    /// Sockets of every network namespace, with a column naming it.
+    #[arg(long)]
+    pub all_netns: bool,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
 }
 
 const TRACE_EXAMPLES: &str = "\
@@ -226,6 +264,19 @@ mod tests {
         assert!(t.json && t.ipv6 && !t.ipv4);
         assert_eq!((t.pid, t.port), (vec![7], vec![80, 443]));
         assert_eq!(t.kernel.ring_mib, 8);
+    }
+
+    #[test]
+    fn watch_takes_netstats_selection_flags() {
+        let Some(Command::Watch(w)) = parse(&["watch", "-tn4", "--all-netns", "--ring-mib", "16"])
+            .expect("parses")
+            .command
+        else {
+            panic!("not watch")
+        };
+        assert!(w.tcp && w.numeric && w.ipv4 && w.all_netns && !w.udp && !w.ipv6);
+        assert_eq!(w.kernel.ring_mib, 16);
+        assert!(parse(&["watch", "-4", "-6"]).is_err());
     }
 
     #[test]

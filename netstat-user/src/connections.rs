@@ -123,8 +123,8 @@ fn print(
     out.flush()
 }
 
-/// The sockets the table can show, and so the ones to dump.
-fn scope(view: &table::Options) -> seed::Scope {
+/// The sockets a table with `view` can show, and so the ones to dump.
+pub fn scope(view: &table::Options) -> seed::Scope {
     let protos = match (view.tcp, view.udp, view.inet()) {
         (_, _, false) => vec![],
         (false, false, true) => vec![Proto::Tcp, Proto::Udp],

@@ -2,9 +2,9 @@
 //!
 //! Data flows one way: `kernel` (load, attach, raw records) and `seed`
 //! (the start-up snapshot) -> `decode` (typed events) -> `model` (the live
-//! table) -> commands (`trace`, `connections`) -> `views` (what is printed).
-//! netstat's other tables (`-i`, `--ethernet`, `-r`) come from rtnetlink:
-//! `netlink` -> `links`, `routes` -> `tables` -> `views`.
+//! table) -> commands (`trace`, `connections`, `watch`) -> `views` (what is
+//! printed or drawn). netstat's other tables (`-i`, `--ethernet`, `-r`)
+//! come from rtnetlink: `netlink` -> `links`, `routes` -> `tables` -> `views`.
 
 mod cli;
 mod clock;
@@ -25,6 +25,7 @@ mod sockdiag;
 mod tables;
 mod trace;
 mod views;
+mod watch;
 
 use std::{io, process::ExitCode, time::Duration};
 
@@ -59,11 +60,7 @@ fn run(cli: Cli) -> Result<()> {
             // A table printed once needs no events: the seed is the table.
             let redisplay = args.interval.is_some() || args.continuous;
             let mut kernel = load_kernel(&cli.btf, &args.kernel, redisplay, true)?;
-            let netns = if args.all_netns {
-                None
-            } else {
-                Some(seed::own_netns()?)
-            };
+            let netns = netns_filter(args.all_netns)?;
             let opts = connections::Options {
                 view: views::table::Options {
                     all: args.all,
@@ -112,7 +109,31 @@ fn run(cli: Cli) -> Result<()> {
                 &mut io::BufWriter::new(io::stdout().lock()),
             )
         }
+        Some(Command::Watch(args)) => {
+            let mut kernel = load_kernel(&cli.btf, &args.kernel, true, true)?;
+            let opts = watch::Options {
+                select: views::table::Options {
+                    all: true,
+                    tcp: args.tcp,
+                    udp: args.udp,
+                    family: family(args.ipv4, args.ipv6),
+                    netns: netns_filter(args.all_netns)?,
+                    ..views::table::Options::default()
+                },
+                numeric: args.numeric,
+            };
+            watch::run(&mut kernel, &opts)
+        }
     }
+}
+
+/// bnetstat's own network namespace, or `None` for every one.
+fn netns_filter(all_netns: bool) -> Result<Option<u32>> {
+    Ok(if all_netns {
+        None
+    } else {
+        Some(seed::own_netns()?)
+    })
 }
 
 /// `-4` alone, `-6` alone, or (neither or both) every family.

@@ -234,6 +234,11 @@ impl Model {
         change
     }
 
+    /// How many sockets it tracks.
+    pub fn len(&self) -> usize {
+        self.socks.len()
+    }
+
     /// Every socket, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, &Sock)> {
         self.socks.iter().map(|(&k, v)| (k, v))
@@ -324,10 +329,6 @@ mod tests {
     impl Model {
         fn get(&self, cookie: u64) -> Option<&Sock> {
             self.socks.get(&cookie)
-        }
-
-        fn len(&self) -> usize {
-            self.socks.len()
         }
     }
 

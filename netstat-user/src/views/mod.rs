@@ -6,3 +6,4 @@ pub mod routes;
 pub mod table;
 pub mod trace;
 pub mod unix;
+pub mod watch;

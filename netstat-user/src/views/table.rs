@@ -66,28 +66,7 @@ pub trait Names {
 
 /// The sockets `opts` selects, in display order.
 pub fn select<'m>(model: &'m Model, opts: &Options) -> Vec<(u64, &'m Sock)> {
-    let (tcp, udp) = if opts.tcp || opts.udp || opts.unix {
-        (opts.tcp, opts.udp)
-    } else {
-        (true, true)
-    };
-    let mut rows: Vec<(u64, &Sock)> = model
-        .iter()
-        .filter(|(_, s)| match s.proto {
-            Proto::Tcp => tcp,
-            Proto::Udp => udp,
-        })
-        .filter(|(_, s)| opts.family.is_none_or(|f| f == s.family))
-        .filter(|(_, s)| opts.netns.is_none_or(|n| n == s.netns))
-        .filter(|(_, s)| shows(opts, is_listening(s)))
-        .filter(|(_, s)| {
-            opts.ports.is_empty() || opts.ports.contains(&s.lport) || opts.ports.contains(&s.rport)
-        })
-        .filter(|(_, s)| {
-            opts.pids.is_empty() || s.owner.as_ref().is_some_and(|o| opts.pids.contains(&o.pid))
-        })
-        .filter(|(_, s)| opts.states.is_empty() || opts.states.contains(&s.state))
-        .collect();
+    let mut rows: Vec<(u64, &Sock)> = model.iter().filter(|(_, s)| wanted(s, opts)).collect();
     // Cookies are unique, so no two keys are equal: an unstable sort is exact.
     rows.sort_unstable_by(|(ca, a), (cb, b)| {
         (
@@ -112,6 +91,24 @@ pub fn select<'m>(model: &'m Model, opts: &Options) -> Vec<(u64, &'m Sock)> {
     rows
 }
 
+/// Whether `opts` selects `s`.
+pub fn wanted(s: &Sock, opts: &Options) -> bool {
+    let (tcp, udp) = if opts.tcp || opts.udp || opts.unix {
+        (opts.tcp, opts.udp)
+    } else {
+        (true, true)
+    };
+    (match s.proto {
+        Proto::Tcp => tcp,
+        Proto::Udp => udp,
+    }) && opts.family.is_none_or(|f| f == s.family)
+        && opts.netns.is_none_or(|n| n == s.netns)
+        && shows(opts, is_listening(s))
+        && (opts.ports.is_empty() || opts.ports.contains(&s.lport) || opts.ports.contains(&s.rport))
+        && (opts.pids.is_empty() || s.owner.as_ref().is_some_and(|o| opts.pids.contains(&o.pid)))
+        && (opts.states.is_empty() || opts.states.contains(&s.state))
+}
+
 /// netstat's idea of a server: a TCP listener, or an unconnected UDP socket.
 fn is_listening(s: &Sock) -> bool {
     match s.proto {
@@ -132,7 +129,7 @@ pub fn proto_name(s: &Sock) -> &'static str {
 
 /// The state column: netstat leaves unconnected UDP blank and shows request
 /// sockets as SYN_RECV.
-fn state_name(s: &Sock) -> &'static str {
+pub fn state_name(s: &Sock) -> &'static str {
     match (s.proto, s.state) {
         (Proto::Udp, TcpState::Established) => "ESTABLISHED",
         (Proto::Udp, _) => "",
