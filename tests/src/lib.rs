@@ -260,6 +260,39 @@ impl Bnetstat {
     }
 }
 
+/// A `netscene hold` process: its sockets live until it is dropped.
+pub struct Holder(Child);
+
+impl Holder {
+    /// Runs `cmd hold SPECS...` and waits until its sockets are open.
+    pub fn start(mut cmd: Command, specs: &[String]) -> Holder {
+        let mut child = cmd
+            .arg("hold")
+            .args(specs)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .start();
+        let _stdout = wait_for_line(
+            child.stdout.take().expect("stdout"),
+            "ready",
+            Duration::from_secs(20),
+        );
+        Holder(child)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        // Closing its stdin is its signal to close everything and exit.
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
 /// Transitions grouped by socket id, each socket's in the order received.
 pub fn by_socket(events: &[Value]) -> BTreeMap<String, Vec<&Value>> {
     let mut socks: BTreeMap<String, Vec<&Value>> = BTreeMap::new();

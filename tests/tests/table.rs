@@ -4,46 +4,18 @@
 //! another network namespace that must not show.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     thread,
     time::{Duration, Instant},
 };
 
 use bnetstat_tests::{
-    NetNs, Start, TempDir, bnetstat_bin, free_port,
+    Holder, NetNs, Start, TempDir, bnetstat_bin, free_port,
     ss::{Row, assert_same, from_bnetstat, ss},
-    wait_for_line,
 };
 
 const NETSCENE: &str = env!("CARGO_BIN_EXE_netscene");
 const T: Duration = Duration::from_secs(20);
-
-/// A `netscene hold` process: its sockets live until it is dropped.
-struct Holder(Child);
-
-impl Holder {
-    fn start(mut cmd: Command, specs: &[String]) -> Holder {
-        let mut child = cmd
-            .arg("hold")
-            .args(specs)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .start();
-        let _stdout = wait_for_line(child.stdout.take().expect("stdout"), "ready", T);
-        Holder(child)
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        drop(self.0.stdin.take());
-        let _ = self.0.wait();
-    }
-}
 
 struct Ports {
     tcp4: u16,

@@ -7,13 +7,13 @@
 //! the test filters the table down to its own port first.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
-use bnetstat_tests::{Start, TempDir, bnetstat_bin, free_port, wait_for_line};
+use bnetstat_tests::{Holder, TempDir, bnetstat_bin, free_port};
 
 const NETSCENE: &str = env!("CARGO_BIN_EXE_netscene");
 const T: Duration = Duration::from_secs(30);
@@ -131,31 +131,6 @@ impl Drop for Tmux {
 }
 
 /// A `netscene hold` process: its sockets live until it is dropped.
-struct Holder(Child);
-
-impl Holder {
-    fn start(exe: &std::path::Path, spec: &str) -> Holder {
-        let mut child = Command::new(exe)
-            .args(["hold", spec])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .start();
-        let _stdout = wait_for_line(child.stdout.take().expect("stdout"), "ready", T);
-        Holder(child)
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        drop(self.0.stdin.take());
-        let _ = self.0.wait();
-    }
-}
-
 /// The pane's command: bnetstat, then a line saying how it ended.
 fn watch_command(args: &str) -> String {
     format!(
@@ -256,8 +231,8 @@ fn the_live_screen_follows_connections_and_quits_cleanly() {
     let port = free_port("127.0.0.1");
     let p = port.to_string();
     let server = Holder::start(
-        &dir.exe(NETSCENE, "wat-server"),
-        &format!("tcp-listen=127.0.0.1:{port}"),
+        Command::new(dir.exe(NETSCENE, "wat-server")),
+        &[format!("tcp-listen=127.0.0.1:{port}")],
     );
     let tmux = Tmux::start("watch", 160, 40, &watch_command("-n"));
     let screen = tmux.wait_for("the table", |s| {
@@ -284,8 +259,8 @@ fn the_live_screen_follows_connections_and_quits_cleanly() {
 
     // A client started now appears from events alone, both ends named.
     let client = Holder::start(
-        &dir.exe(NETSCENE, "wat-client"),
-        &format!("tcp-connect=127.0.0.1:{port}"),
+        Command::new(dir.exe(NETSCENE, "wat-client")),
+        &[format!("tcp-connect=127.0.0.1:{port}")],
     );
     let client_row = format!("127.0.0.1:{port}  ");
     tmux.wait_for("both ends of the connection", |s| {
