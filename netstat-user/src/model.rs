@@ -155,27 +155,8 @@ impl Model {
         if ev.op == UdpOp::Close {
             return self.close(ev.sock);
         }
-        let unspecified = match ev.family {
-            Family::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            Family::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        };
-        let (sock, change) = self.row(ev.sock, || Sock {
-            proto: Proto::Udp,
-            family: ev.family,
-            laddr: unspecified,
-            lport: 0,
-            raddr: unspecified,
-            rport: 0,
-            state: TcpState::Close,
-            netns: ev.netns,
-            owner: None,
-            uid: None,
-            inode: None,
-            recv_q: None,
-            send_q: None,
-            timer: None,
-            since_ns: None,
-            expires_ns: None,
+        let (sock, change) = self.row(ev.sock, || {
+            Sock::new(Proto::Udp, ev.family, TcpState::Close, ev.netns)
         });
         match ev.op {
             UdpOp::Bind => (sock.laddr, sock.lport) = (ev.addr, ev.port),
@@ -246,17 +227,21 @@ impl Model {
 }
 
 impl Sock {
-    /// A TCP row from what a transition says, for a socket not seen before.
-    fn from_event(ev: &StateChangeEvent) -> Sock {
+    /// A row with nothing known but what it is: addresses unspecified.
+    fn new(proto: Proto, family: Family, state: TcpState, netns: u32) -> Sock {
+        let unspecified = match family {
+            Family::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            Family::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
         Sock {
-            proto: Proto::Tcp,
-            family: ev.family,
-            laddr: ev.laddr,
-            lport: ev.lport,
-            raddr: ev.raddr,
-            rport: ev.rport,
-            state: ev.new,
-            netns: ev.netns,
+            proto,
+            family,
+            laddr: unspecified,
+            lport: 0,
+            raddr: unspecified,
+            rport: 0,
+            state,
+            netns,
             owner: None,
             uid: None,
             inode: None,
@@ -265,6 +250,17 @@ impl Sock {
             timer: None,
             since_ns: None,
             expires_ns: None,
+        }
+    }
+
+    /// A TCP row from what a transition says, for a socket not seen before.
+    fn from_event(ev: &StateChangeEvent) -> Sock {
+        Sock {
+            laddr: ev.laddr,
+            lport: ev.lport,
+            raddr: ev.raddr,
+            rport: ev.rport,
+            ..Sock::new(Proto::Tcp, ev.family, ev.new, ev.netns)
         }
     }
 }

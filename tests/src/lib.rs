@@ -260,6 +260,24 @@ impl Bnetstat {
     }
 }
 
+/// `bnetstat ARGS` run to completion; panics unless it succeeds; its
+/// stdout as JSON lines.
+pub fn bnetstat_json(args: &[&str]) -> Vec<Value> {
+    let out = Command::new(bnetstat_bin())
+        .args(args)
+        .output()
+        .expect("run bnetstat");
+    assert!(
+        out.status.success(),
+        "bnetstat {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
 /// A `netscene hold` process: its sockets live until it is dropped.
 pub struct Holder(Child);
 

@@ -10,7 +10,7 @@ use std::{
 };
 
 use bnetstat_tests::{
-    Holder, NetNs, Start, TempDir, bnetstat_bin, free_port,
+    Holder, NetNs, Start, TempDir, bnetstat_bin, bnetstat_json, free_port,
     ss::{Row, assert_same, from_bnetstat, ss},
 };
 
@@ -83,22 +83,13 @@ fn the_table_matches_ss_row_for_row() {
     let p = Ports::pick();
     let (server, client, _twin) = start_scene(&dir, &p, &ns);
 
-    let out = Command::new(bnetstat_bin())
-        .args(["-tuanp", "--json"])
-        .output()
-        .expect("bnetstat");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let theirs = rows_on(ss(), &p.all());
     let ours = rows_on(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| from_bnetstat(&serde_json::from_str(l).expect("JSON line"))),
+        bnetstat_json(&["-tuanp", "--json"])
+            .iter()
+            .map(from_bnetstat),
         &p.all(),
     );
+    let theirs = rows_on(ss(), &p.all());
     // 2 listeners + 2 established pairs + 2 bound + 1 connected UDP.
     assert_eq!(ours.len(), 9, "{ours:#?}");
     assert_same(&ours, &theirs);
@@ -260,21 +251,9 @@ fn other_namespaces_show_only_when_asked() {
         ns.command(dir.exe(NETSCENE, "ns-twin")),
         &[format!("tcp-listen=127.0.0.1:{port}")],
     );
-    let list = |extra: &[&str]| -> Vec<serde_json::Value> {
-        let out = Command::new(bnetstat_bin())
-            .args(["-tanp", "--json", "--port", &port.to_string()])
-            .args(extra)
-            .output()
-            .expect("bnetstat");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("JSON"))
-            .collect()
+    let port_arg = port.to_string();
+    let list = |extra: &[&str]| {
+        bnetstat_json(&[&["-tanp", "--json", "--port", &port_arg], extra].concat())
     };
     assert_eq!(list(&[]).len(), 0, "not in bnetstat's own namespace");
     let all = list(&["--all-netns"]);
@@ -304,19 +283,7 @@ fn unix_listeners_are_listed_with_their_owner() {
         Command::new(dir.exe(NETSCENE, "unix-holder")),
         &[format!("unix-listen={}", path.display())],
     );
-    let out = Command::new(bnetstat_bin())
-        .args(["-xlp", "--json"])
-        .output()
-        .expect("bnetstat");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON"))
-        .collect();
+    let rows = bnetstat_json(&["-xlp", "--json"]);
     let ours: Vec<_> = rows
         .iter()
         .filter(|r| r["laddr"].as_str() == path.to_str())
