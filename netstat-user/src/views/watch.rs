@@ -333,15 +333,25 @@ impl WatchState {
         now_ns: u64,
         k: usize,
     ) -> (Vec<Row<'a>>, usize, usize) {
-        let mut rows = self.filtered(model, names, now_ns);
+        let rows = self.filtered(model, names, now_ns);
         let total = rows.len();
         let showing = rows.iter().filter(|r| r.mark != Mark::Gone).count();
+        // Keys computed once per row, not once per comparison.
+        type Keyed<'a> = ((Key<'a>, NetstatKey<'a>), Row<'a>);
+        let mut keyed: Vec<Keyed<'a>> = rows
+            .into_iter()
+            .map(|r| ((self.sort.key(&r), netstat_key(&r)), r))
+            .collect();
+        let order = |a: &Keyed<'a>, b: &Keyed<'a>| {
+            let by = a.0.cmp(&b.0);
+            if self.reverse { by.reverse() } else { by }
+        };
         if k < total {
-            rows.select_nth_unstable_by(k, |a, b| self.order(a, b));
-            rows.truncate(k);
+            keyed.select_nth_unstable_by(k, order);
+            keyed.truncate(k);
         }
-        rows.sort_by(|a, b| self.order(a, b));
-        (rows, total, showing)
+        keyed.sort_by(order);
+        (keyed.into_iter().map(|(_, r)| r).collect(), total, showing)
     }
 
     /// Every row the selection and the filter let through, unsorted.
@@ -434,19 +444,23 @@ impl Column {
 
 /// netstat's order, which breaks ties.
 fn netstat_order(a: &Row<'_>, b: &Row<'_>) -> Ordering {
-    let key = |r: &Row<'_>| {
-        let s = r.sock;
-        (
-            proto_name(s),
-            s.netns,
-            s.laddr,
-            s.lport,
-            s.raddr,
-            s.rport,
-            r.cookie,
-        )
-    };
-    key(a).cmp(&key(b))
+    netstat_key(a).cmp(&netstat_key(b))
+}
+
+/// netstat's order as a value, to compute once per row.
+type NetstatKey<'a> = (&'static str, u32, IpAddr, u16, IpAddr, u16, u64);
+
+fn netstat_key<'a>(r: &Row<'a>) -> NetstatKey<'a> {
+    let s = r.sock;
+    (
+        proto_name(s),
+        s.netns,
+        s.laddr,
+        s.lport,
+        s.raddr,
+        s.rport,
+        r.cookie,
+    )
 }
 
 /// How long the row has been in its state, if bnetstat saw it enter it.
