@@ -64,7 +64,7 @@ pub struct Kernel {
 impl Kernel {
     /// Checks privileges, loads every program and attaches it.
     pub fn load(opts: &Options<'_>) -> Result<Kernel> {
-        check_privileges()?;
+        check_privileges(opts.events && opts.sockets)?;
         let offsets = offsets::load(opts.btf)?;
         let btf = Btf::parse_file(opts.btf, Endianness::default())
             .map_err(|e| anyhow!("cannot parse kernel BTF {}: {e}", opts.btf.display()))?;
@@ -285,7 +285,10 @@ fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
 }
 
 /// Fails early, in one line, when bnetstat cannot load programs at all.
-fn check_privileges() -> Result<()> {
+/// `cgroup_hooks`: the UDP hooks will be attached, which needs
+/// CAP_NET_ADMIN as well.
+fn check_privileges(cgroup_hooks: bool) -> Result<()> {
+    const CAP_NET_ADMIN: u32 = 12;
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
@@ -300,6 +303,11 @@ fn check_privileges() -> Result<()> {
     if !(has(CAP_SYS_ADMIN) || has(CAP_BPF) && has(CAP_PERFMON)) {
         bail!(
             "bnetstat needs root (or CAP_BPF and CAP_PERFMON) to load its eBPF programs: run it with sudo"
+        );
+    }
+    if cgroup_hooks && !(has(CAP_SYS_ADMIN) || has(CAP_NET_ADMIN)) {
+        bail!(
+            "following UDP sockets needs CAP_NET_ADMIN too (for its cgroup hooks): run it with sudo"
         );
     }
     Ok(())

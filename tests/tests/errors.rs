@@ -5,6 +5,26 @@ use std::process::{Command, Output};
 
 use bnetstat_tests::{TempDir, bnetstat_bin};
 
+/// Running a just-copied executable through setpriv.
+trait OutputRetrying {
+    /// `output()`, again while setpriv reports the copy "busy": another
+    /// test thread may have forked while the copy was open for writing.
+    fn output_retrying(&mut self) -> Output;
+}
+
+impl OutputRetrying for Command {
+    fn output_retrying(&mut self) -> Output {
+        for _ in 0..100 {
+            let out = self.output().expect("run setpriv (util-linux)");
+            if !String::from_utf8_lossy(&out.stderr).contains("Text file busy") {
+                return out;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("{self:?} stayed busy")
+    }
+}
+
 fn assert_one_line_error(out: &Output, code: i32, mention: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
@@ -31,8 +51,7 @@ fn without_privileges_it_says_it_needs_root() {
         ])
         .arg(&bin)
         .args(["trace", "--duration", "1"])
-        .output()
-        .expect("run setpriv (util-linux)");
+        .output_retrying();
     assert_one_line_error(&out, 1, "needs root");
 }
 
@@ -84,8 +103,7 @@ fn cap_bpf_and_cap_perfmon_are_enough_without_root() {
         ])
         .arg(&bin)
         .args(["trace", "--duration", "0.2"])
-        .output()
-        .expect("run setpriv (util-linux)");
+        .output_retrying();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.starts_with("Tracing"), "{stderr}");
@@ -102,4 +120,20 @@ fn a_bad_interval_is_a_usage_error() {
         assert_eq!(out.status.code(), Some(2), "{interval}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+#[test]
+fn a_live_table_without_cap_net_admin_says_so() {
+    let dir = TempDir::new();
+    let bin = dir.exe(bnetstat_bin(), "bnetstat");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args([
+            "--inh-caps=-all,+bpf,+perfmon",
+            "--ambient-caps=+bpf,+perfmon",
+        ])
+        .arg(&bin)
+        .args(["-tan", "1"])
+        .output_retrying();
+    assert_one_line_error(&out, 1, "CAP_NET_ADMIN");
 }
