@@ -229,13 +229,10 @@ impl Options {
         self.shows(StatsProto::Tcp) || self.shows(StatsProto::Tcp6)
     }
 
-    /// The family event counters keep, when only one of tcp and tcp6 is asked for.
+    /// The family event counters keep: `tcp` is TCP over both families, as
+    /// the kernel's TCP MIB is; `tcp6` without `tcp` narrows to IPv6.
     pub fn tcp_family(&self) -> Option<Family> {
-        match (self.shows(StatsProto::Tcp), self.shows(StatsProto::Tcp6)) {
-            (true, false) => Some(Family::Inet),
-            (false, true) => Some(Family::Inet6),
-            _ => None,
-        }
+        (self.shows(StatsProto::Tcp6) && !self.shows(StatsProto::Tcp)).then_some(Family::Inet6)
     }
 
     /// The kernel counters to show, in order.
@@ -390,7 +387,7 @@ mod tests {
     }
 
     #[test]
-    fn proto_list_picks_groups_and_tcp6_means_only_ipv6_events() {
+    fn proto_list_picks_groups_and_tcp6_alone_means_only_ipv6_events() {
         let opts = |protos: Vec<StatsProto>| Options {
             protos,
             json: false,
@@ -400,7 +397,7 @@ mod tests {
         all.extend(parse_snmp6(SNMP6).expect("parses"));
         let tcp = opts(vec![StatsProto::Tcp]);
         assert!(tcp.select(all.clone()).iter().all(|c| c.group == "Tcp"));
-        assert_eq!(tcp.tcp_family(), Some(Family::Inet));
+        assert_eq!(tcp.tcp_family(), None);
         assert_eq!(
             opts(vec![StatsProto::Tcp6]).tcp_family(),
             Some(Family::Inet6)
