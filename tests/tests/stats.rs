@@ -3,12 +3,7 @@
 //! connections, a reset and a forced retransmit, each in a network
 //! namespace of the test's own.
 
-use std::{
-    collections::BTreeMap,
-    process::{Command, Stdio},
-    thread,
-    time::Duration,
-};
+use std::{collections::BTreeMap, process::Stdio, thread, time::Duration};
 
 use bnetstat_tests::{Bnetstat, NetNs, Start, TempDir, run_ok, wait_for_line, wait_timeout};
 use serde_json::Value;
