@@ -2,9 +2,10 @@
 //!
 //! Data flows one way: `kernel` (load, attach, raw records) and `seed`
 //! (the start-up snapshot) -> `decode` (typed events) -> `model` (the live
-//! table) -> commands (`trace`, `connections`, `watch`) -> `views` (what is
-//! printed or drawn). netstat's other tables (`-i`, `--ethernet`, `-r`)
-//! come from rtnetlink: `netlink` -> `links`, `routes` -> `tables` -> `views`.
+//! table) -> commands (`trace`, `connections`, `watch`, `life`) -> `views`
+//! (what is printed or drawn). netstat's other tables (`-i`, `--ethernet`,
+//! `-r`) come from rtnetlink: `netlink` -> `links`, `routes` -> `tables` ->
+//! `views`; `-s` reads the kernel's MIB files and counts events in `stats`.
 
 mod cli;
 mod clock;
