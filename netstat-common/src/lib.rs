@@ -35,6 +35,30 @@ pub const EVENT_STATE_CHANGE: u32 = 1;
 /// `kind` of a [`UdpEvent`].
 pub const EVENT_UDP: u32 = 2;
 
+/// `kind` of a [`TcpEvent`].
+pub const EVENT_TCP: u32 = 3;
+
+/// What a [`TcpEvent`] reports.
+pub mod tcp_op {
+    /// The kernel retransmitted a segment (`tcp:tcp_retransmit_skb`).
+    pub const RETRANSMIT: u32 = 1;
+    /// The kernel sent a reset (`tcp:tcp_send_reset`); the socket may be
+    /// none, for a reset answering a segment no socket wanted.
+    pub const SEND_RESET: u32 = 2;
+    /// A socket received a reset (`tcp:tcp_receive_reset`).
+    pub const RECEIVE_RESET: u32 = 3;
+}
+
+/// Which end closed a connection first, as [`StateChange::closer`] says.
+pub mod closer {
+    /// Not known: neither end's FIN was seen.
+    pub const UNKNOWN: u8 = 0;
+    /// This end sent the first FIN (`ESTABLISHED -> FIN_WAIT1`).
+    pub const LOCAL: u8 = 1;
+    /// The peer did (`ESTABLISHED -> CLOSE_WAIT`).
+    pub const REMOTE: u8 = 2;
+}
+
 /// What a [`UdpEvent`] reports.
 pub mod udp_op {
     /// `bind()` succeeded: `addr`/`port` are local.
@@ -93,6 +117,13 @@ pub struct StateChange {
     pub sock: u64,
     /// When the socket entered its old state (`CLOCK_BOOTTIME` ns); 0 when unknown.
     pub prev_ts_ns: u64,
+    /// When bnetstat first saw the socket (`CLOCK_BOOTTIME` ns); 0 when unknown.
+    pub first_ts_ns: u64,
+    /// Bytes the socket's owners handed to `sendmsg` since bnetstat saw it;
+    /// set only on the change to `CLOSE`, and only while `life` counts.
+    pub bytes_sent: u64,
+    /// Bytes they took from `recvmsg` (peeks not counted), as `bytes_sent`.
+    pub bytes_received: u64,
     /// Local address: IPv4 in the first 4 bytes, or IPv6; network order.
     pub saddr: [u8; 16],
     /// Remote address, as `saddr`.
@@ -112,10 +143,37 @@ pub struct StateChange {
     /// On a change to `CLOSE`, the socket's pending error (`sk_err`, an
     /// errno such as `ECONNRESET`); 0 for a clean close and other changes.
     pub error: u32,
+    /// Which end sent the first FIN (see [`closer`]).
+    pub closer: u8,
+    /// 1 when bnetstat saw the socket born (`connect`, `listen`, or a
+    /// listener accepting it), so `first_ts_ns` and the byte counts cover
+    /// its whole life; 0 for one already open when bnetstat started.
+    pub born: u8,
     /// Keeps the size a multiple of 8.
-    pub _pad: u32,
+    pub _pad: u16,
 }
-const _: () = assert!(size_of::<StateChange>() == 104);
+const _: () = assert!(size_of::<StateChange>() == 128);
+
+/// A retransmit or reset, with the socket's owner when bnetstat knows it.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct TcpEvent {
+    /// Always [`EVENT_TCP`].
+    pub kind: u32,
+    /// See [`tcp_op`].
+    pub op: u32,
+    /// `CLOCK_BOOTTIME` in ns.
+    pub ts_ns: u64,
+    /// Socket cookie; 0 when the kernel acted for no socket.
+    pub sock: u64,
+    /// The socket's owner; all zeros when unknown.
+    pub owner: Owner,
+    /// [`AF_INET`] or [`AF_INET6`]; 0 when there is no socket.
+    pub family: u16,
+    /// Keeps the size a multiple of 8.
+    pub _pad: [u16; 3],
+}
+const _: () = assert!(size_of::<TcpEvent>() == 56);
 
 /// A UDP socket's bind, connect or close, seen in the caller's syscall.
 #[repr(C)]
@@ -147,14 +205,28 @@ const _: () = assert!(size_of::<UdpEvent>() == 72);
 
 /// Per-socket state the kernel side carries between events.
 #[repr(C)]
-#[derive(Copy, Clone, Debug)]
+#[derive(Copy, Clone, Debug, Default)]
 pub struct SockInfo {
-    /// When the socket entered its current state (`CLOCK_BOOTTIME` ns).
+    /// When the socket entered its current state (`CLOCK_BOOTTIME` ns); 0
+    /// for an entry user space seeded, whose state bnetstat did not see begin.
     pub since_ns: u64,
+    /// When bnetstat first saw a transition of it; 0 for a seeded entry.
+    pub first_ns: u64,
+    /// Bytes sent and received through `sendmsg`/`recvmsg` while `life`
+    /// counts; added to atomically, as threads share sockets.
+    pub bytes_sent: u64,
+    /// See `bytes_sent`.
+    pub bytes_received: u64,
     /// Who owns it.
     pub owner: Owner,
+    /// See [`StateChange::closer`].
+    pub closer: u8,
+    /// See [`StateChange::born`].
+    pub born: u8,
+    /// Keeps the size a multiple of 8.
+    pub _pad: [u8; 6],
 }
-const _: () = assert!(size_of::<SockInfo>() == 32);
+const _: () = assert!(size_of::<SockInfo>() == 64);
 
 /// Key of the listener table: where a listening socket waits.
 #[repr(C)]

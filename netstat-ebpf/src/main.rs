@@ -15,7 +15,15 @@
 //! so softirq transitions and those after the owner exited are still right.
 #![no_std]
 #![no_main]
+// The BPF target has no atomic read-modify-write in `core::sync::atomic`,
+// but the BPF instruction set has an atomic add: the intrinsic reaches it.
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "atomic_xadd for the per-socket byte counters"
+)]
 
+mod stats;
 mod udp;
 
 use core::ffi::c_void;
@@ -32,10 +40,10 @@ use aya_ebpf::{
 };
 use netstat_common::{
     AF_INET, AF_INET6, EVENT_STATE_CHANGE, ListenKey, Listener, Offsets, Owner, SockInfo,
-    SocketFile, StateChange, counter, tcp_state,
+    SocketFile, StateChange, closer, counter, tcp_state,
 };
 
-const IPPROTO_TCP: u16 = 6;
+pub(crate) const IPPROTO_TCP: u16 = 6;
 
 /// Every event for user space. Sized by user space at load time.
 #[map]
@@ -53,7 +61,7 @@ static BUSY: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 /// Removed when the socket reaches `CLOSE`; LRU so a missed close cannot
 /// fill it.
 #[map]
-static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(1 << 18, 0);
+pub(crate) static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(1 << 18, 0);
 
 /// Listening sockets' owners, by where they listen.
 #[map]
@@ -141,7 +149,8 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let sock = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
     let (oldstate, newstate) = (oldstate as u8, newstate as u8);
 
-    let (owner, prev_ts_ns) = match (oldstate, newstate) {
+    // A new socket is born in the first three arms; it gets a fresh entry.
+    let mut info = match (oldstate, newstate) {
         // connect() and listen(): the caller's syscall, so `current` owns it.
         (_, tcp_state::SYN_SENT) | (_, tcp_state::LISTEN) => {
             let owner = current_owner();
@@ -154,7 +163,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
                 };
                 let _ = LISTENERS.insert(key, Listener { sock, owner }, 0);
             }
-            (owner, 0)
+            born(owner)
         }
         // A connection the kernel accepted, in softirq: its listener's owner.
         (tcp_state::LISTEN, tcp_state::SYN_RECV) => {
@@ -171,18 +180,28 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
                     unsafe { LISTENERS.get(key) }.copied()
                 }
             };
-            (listener.map(|l| l.owner).unwrap_or_default(), 0)
+            born(listener.map(|l| l.owner).unwrap_or_default())
         }
+        // SAFETY: a map value pointer, valid for this program run; the
+        // byte counters in it are only ever added to atomically.
         _ => match SOCKS.get_ptr_mut(sock) {
-            // SAFETY: a map value pointer, valid for this program run.
-            Some(info) => unsafe {
-                let prev = (*info).since_ns;
-                (*info).since_ns = now;
-                ((*info).owner, prev)
-            },
-            None => (Owner::default(), 0),
+            Some(entry) => unsafe { *entry },
+            // Open before bnetstat and not seeded: first sight, owner unknown.
+            None => SockInfo::default(),
         },
     };
+    let prev_ts_ns = info.since_ns;
+    info.since_ns = now;
+    if info.first_ns == 0 {
+        info.first_ns = now;
+    }
+    if info.closer == closer::UNKNOWN {
+        info.closer = match newstate {
+            tcp_state::FIN_WAIT1 => closer::LOCAL,
+            tcp_state::CLOSE_WAIT => closer::REMOTE,
+            _ => closer::UNKNOWN,
+        };
+    }
 
     let mut error = 0;
     if newstate == tcp_state::CLOSE {
@@ -201,17 +220,22 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
                 let _ = LISTENERS.remove(key);
             }
         }
-    } else if prev_ts_ns == 0 {
-        // First sight of this socket: remember it, owned or not, so the
-        // next transition knows its owner and how long this state lasted.
-        let _ = SOCKS.insert(
-            sock,
-            SockInfo {
-                since_ns: now,
-                owner,
+    } else {
+        match SOCKS.get_ptr_mut(sock) {
+            // Updated in place, never rewritten whole: `life`'s byte
+            // counters in it may move meanwhile on another CPU.
+            // SAFETY: as above.
+            Some(entry) => unsafe {
+                (*entry).since_ns = now;
+                (*entry).first_ns = info.first_ns;
+                (*entry).closer = info.closer;
+                (*entry).owner = info.owner;
+                (*entry).born = info.born;
             },
-            0,
-        );
+            None => {
+                let _ = SOCKS.insert(sock, info, 0);
+            }
+        }
     }
 
     let event = StateChange {
@@ -220,15 +244,20 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         ts_ns: now,
         sock,
         prev_ts_ns,
+        first_ts_ns: info.first_ns,
+        bytes_sent: info.bytes_sent,
+        bytes_received: info.bytes_received,
         saddr,
         daddr,
-        owner,
+        owner: info.owner,
         sport,
         dport,
         family,
         oldstate,
         newstate,
         error,
+        closer: info.closer,
+        born: info.born,
         _pad: 0,
     };
     match EVENTS.reserve::<StateChange>(0) {
@@ -239,6 +268,15 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         None => count(counter::RING_FULL),
     }
     Ok(())
+}
+
+/// A fresh entry for a socket bnetstat saw being born.
+fn born(owner: Owner) -> SockInfo {
+    SockInfo {
+        owner,
+        born: 1,
+        ..SockInfo::default()
+    }
 }
 
 /// Walks every process's open files (`iter/task_file`) and writes one

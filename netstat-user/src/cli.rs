@@ -40,7 +40,10 @@ Examples:
   bnetstat -i 2           packet rates per interface every 2 s
   bnetstat --ethernet     bytes and packets per interface, like Windows' netstat -e
   bnetstat -rn            the IPv4 routing table, numeric
-  bnetstat -r -6 --json   the IPv6 routing table, one JSON object per route";
+  bnetstat -r -6 --json   the IPv6 routing table, one JSON object per route
+  bnetstat -s             the kernel's counters per protocol, like netstat -s
+  bnetstat -s -t 5        TCP counters and bnetstat's TCP event counters, every 5 s
+  bnetstat -s --proto udp,udp6 --json   UDP counters as JSON";
 
 /// netstat's own flags (Linux meanings): which table to show and how.
 #[derive(Args, Debug, Default)]
@@ -54,6 +57,18 @@ pub struct TableArgs {
     /// Show the routing table (main table).
     #[arg(short = 'r', long)]
     pub route: bool,
+    /// Per-protocol statistics: the kernel's counters, and with an
+    /// INTERVAL bnetstat's own from TCP events too.
+    #[arg(short = 's', long, conflicts_with_all = ["interfaces", "ethernet", "route"])]
+    pub statistics: bool,
+    /// With -s: only these protocols (ip, icmp, tcp, udp, ip6, icmp6, tcp6, udp6).
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        requires = "statistics"
+    )]
+    pub proto: Vec<StatsProto>,
     /// Show listening and non-listening sockets.
     #[arg(short, long)]
     pub all: bool,
@@ -118,6 +133,19 @@ pub struct TableArgs {
     pub kernel: KernelArgs,
 }
 
+/// A protocol `-s` can show.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StatsProto {
+    Ip,
+    Icmp,
+    Tcp,
+    Udp,
+    Ip6,
+    Icmp6,
+    Tcp6,
+    Udp6,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Print every TCP state transition as it happens, with its owner.
@@ -127,6 +155,46 @@ pub enum Command {
     /// fading out, sortable, filterable.
     #[command(after_help = WATCH_KEYS)]
     Watch(WatchArgs),
+    /// One line per TCP connection when it closes: owner, bytes each way,
+    /// duration, and which end closed first.
+    #[command(after_help = LIFE_EXAMPLES)]
+    Life(LifeArgs),
+}
+
+const LIFE_EXAMPLES: &str = "\
+Examples:
+  bnetstat life                      every connection as it closes
+  bnetstat life --port 443 --json    connections to or from port 443, as JSON
+  bnetstat life --pid 1234 -6        IPv6 connections of pid 1234
+
+A '*' after MS marks a connection open before bnetstat started: its time
+and bytes count from when bnetstat first saw it.";
+
+#[derive(Args, Debug)]
+pub struct LifeArgs {
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Only connections owned by this process (repeatable).
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<u32>,
+    /// Only connections with this port at either end (repeatable).
+    #[arg(long, value_name = "PORT")]
+    pub port: Vec<u16>,
+    /// Only IPv4.
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Only IPv6.
+    #[arg(short = '6')]
+    pub ipv6: bool,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub duration: Option<Duration>,
+    /// Stop after printing this many connections.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
 }
 
 const WATCH_KEYS: &str = "\
@@ -299,6 +367,36 @@ mod tests {
         ] {
             assert!(parse(args).is_err(), "{args:?} accepted");
         }
+    }
+
+    #[test]
+    fn statistics_take_a_protocol_list_and_an_interval() {
+        let t = parse(&["-s", "--proto", "tcp,udp6", "2"])
+            .expect("parses")
+            .table;
+        assert!(t.statistics);
+        assert_eq!(t.proto, [StatsProto::Tcp, StatsProto::Udp6]);
+        assert_eq!(t.interval, Some(Duration::from_secs(2)));
+        for args in [
+            &["-s", "--proto", "sctp"][..],
+            &["--proto", "tcp"],
+            &["-s", "-r"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} accepted");
+        }
+    }
+
+    #[test]
+    fn life_takes_tracelike_filters() {
+        let Some(Command::Life(l)) =
+            parse(&["life", "--json", "--port", "80", "--count", "2", "-4"])
+                .expect("parses")
+                .command
+        else {
+            panic!("not life")
+        };
+        assert!(l.json && l.ipv4 && !l.ipv6);
+        assert_eq!((l.port, l.count), (vec![80], Some(2)));
     }
 
     #[test]

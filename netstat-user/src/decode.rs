@@ -9,8 +9,8 @@ use std::{
 };
 
 use netstat_common::{
-    AF_INET, AF_INET6, EVENT_STATE_CHANGE, EVENT_UDP, Owner as RawOwner, StateChange, UdpEvent,
-    udp_op,
+    AF_INET, AF_INET6, EVENT_STATE_CHANGE, EVENT_TCP, EVENT_UDP, Owner as RawOwner, StateChange,
+    TcpEvent, UdpEvent, closer, tcp_op, tcp_state, udp_op,
 };
 
 /// A TCP state, named as netstat prints it.
@@ -132,6 +132,60 @@ pub struct StateChangeEvent {
     /// On a change to `CLOSE`, the socket's pending errno (`ECONNRESET`
     /// after a reset); 0 for a clean close.
     pub error: u32,
+    /// On a change to `CLOSE`: what bnetstat knows of the socket's life.
+    pub end: Option<Ending>,
+}
+
+/// One end of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    Local,
+    Remote,
+}
+
+impl End {
+    /// The name used in output (`local`, `remote`).
+    pub fn name(self) -> &'static str {
+        match self {
+            End::Local => "local",
+            End::Remote => "remote",
+        }
+    }
+}
+
+/// A socket's life as its change to `CLOSE` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ending {
+    /// When bnetstat first saw it (`CLOCK_BOOTTIME` ns), if ever.
+    pub first_ts_ns: Option<u64>,
+    /// Whether that was its birth: otherwise it was open before bnetstat
+    /// started, and the time and bytes cover only what bnetstat saw.
+    pub born: bool,
+    /// Bytes through `sendmsg` and `recvmsg`, when `life` counted them.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Which end sent the first FIN, when one was seen.
+    pub first_fin: Option<End>,
+}
+
+/// What a [`TcpOpEvent`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpOp {
+    Retransmit,
+    SendReset,
+    ReceiveReset,
+}
+
+/// A retransmit or a reset.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TcpOpEvent {
+    pub ts_ns: u64,
+    /// Socket cookie; 0 when the kernel acted for no socket.
+    pub sock: u64,
+    pub op: TcpOp,
+    /// `None` with no socket.
+    pub family: Option<Family>,
+    pub owner: Option<Owner>,
 }
 
 /// What happened to a UDP socket.
@@ -162,6 +216,7 @@ pub struct UdpSocketEvent {
 pub enum Event {
     StateChange(StateChangeEvent),
     Udp(UdpSocketEvent),
+    Tcp(TcpOpEvent),
 }
 
 /// Why a record could not be decoded.
@@ -177,6 +232,7 @@ pub enum DecodeError {
     BadState(u8),
     BadFamily(u16),
     BadUdpOp(u16),
+    BadTcpOp(u32),
 }
 
 impl fmt::Display for DecodeError {
@@ -189,6 +245,7 @@ impl fmt::Display for DecodeError {
             DecodeError::BadState(s) => write!(f, "unknown TCP state {s}"),
             DecodeError::BadFamily(x) => write!(f, "unknown address family {x}"),
             DecodeError::BadUdpOp(x) => write!(f, "unknown UDP operation {x}"),
+            DecodeError::BadTcpOp(x) => write!(f, "unknown TCP event {x}"),
         }
     }
 }
@@ -213,8 +270,31 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
             let raw: UdpEvent = copy_out(kind, record)?;
             udp(&raw).map(Event::Udp)
         }
+        EVENT_TCP => {
+            let raw: TcpEvent = copy_out(kind, record)?;
+            tcp(&raw).map(Event::Tcp)
+        }
         other => Err(DecodeError::UnknownKind(other)),
     }
+}
+
+fn tcp(raw: &TcpEvent) -> Result<TcpOpEvent, DecodeError> {
+    let op = match raw.op {
+        tcp_op::RETRANSMIT => TcpOp::Retransmit,
+        tcp_op::SEND_RESET => TcpOp::SendReset,
+        tcp_op::RECEIVE_RESET => TcpOp::ReceiveReset,
+        other => return Err(DecodeError::BadTcpOp(other)),
+    };
+    Ok(TcpOpEvent {
+        ts_ns: raw.ts_ns,
+        sock: raw.sock,
+        op,
+        family: match raw.family {
+            0 => None,
+            f => Some(family(f)?),
+        },
+        owner: owner(&raw.owner),
+    })
 }
 
 fn udp(raw: &UdpEvent) -> Result<UdpSocketEvent, DecodeError> {
@@ -283,6 +363,17 @@ fn state_change(raw: &StateChange) -> Result<StateChangeEvent, DecodeError> {
         ns_in_old: (raw.prev_ts_ns != 0).then(|| raw.ts_ns.saturating_sub(raw.prev_ts_ns)),
         owner,
         error: raw.error,
+        end: (raw.newstate == tcp_state::CLOSE).then(|| Ending {
+            first_ts_ns: (raw.first_ts_ns != 0).then_some(raw.first_ts_ns),
+            born: raw.born != 0,
+            bytes_sent: raw.bytes_sent,
+            bytes_received: raw.bytes_received,
+            first_fin: match raw.closer {
+                closer::LOCAL => Some(End::Local),
+                closer::REMOTE => Some(End::Remote),
+                _ => None,
+            },
+        }),
     })
 }
 
@@ -315,6 +406,9 @@ pub(crate) mod tests {
             ts_ns: 5_000_000,
             sock: 0x1234,
             prev_ts_ns: 2_000_000,
+            first_ts_ns: 1_000_000,
+            bytes_sent: 0,
+            bytes_received: 0,
             saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             daddr: [10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             owner: RawOwner {
@@ -328,6 +422,8 @@ pub(crate) mod tests {
             oldstate: old,
             newstate: new,
             error: 0,
+            closer: 0,
+            born: 1,
             _pad: 0,
         }
     }
@@ -354,6 +450,67 @@ pub(crate) mod tests {
             (owner.pid, owner.uid, owner.comm.as_str()),
             (42, 1000, "curl")
         );
+    }
+
+    #[test]
+    fn a_close_carries_the_sockets_life_and_other_changes_do_not() {
+        let mut raw = raw_state_change(tcp_state::LAST_ACK, tcp_state::CLOSE);
+        (raw.bytes_sent, raw.bytes_received, raw.closer) = (10, 20, closer::REMOTE);
+        let Ok(Event::StateChange(ev)) = decode(&bytes_of(&raw)) else {
+            panic!("decodes")
+        };
+        assert_eq!(
+            ev.end,
+            Some(Ending {
+                first_ts_ns: Some(1_000_000),
+                born: true,
+                bytes_sent: 10,
+                bytes_received: 20,
+                first_fin: Some(End::Remote),
+            })
+        );
+        (raw.first_ts_ns, raw.born, raw.closer) = (0, 0, closer::UNKNOWN);
+        let Ok(Event::StateChange(ev)) = decode(&bytes_of(&raw)) else {
+            panic!("decodes")
+        };
+        let end = ev.end.expect("end");
+        assert_eq!(
+            (end.first_ts_ns, end.born, end.first_fin),
+            (None, false, None)
+        );
+        raw.newstate = tcp_state::TIME_WAIT;
+        let Ok(Event::StateChange(ev)) = decode(&bytes_of(&raw)) else {
+            panic!("decodes")
+        };
+        assert_eq!(ev.end, None);
+    }
+
+    #[test]
+    fn a_reset_without_a_socket_has_no_owner_or_family() {
+        let raw = TcpEvent {
+            kind: EVENT_TCP,
+            op: tcp_op::SEND_RESET,
+            ts_ns: 1,
+            sock: 0,
+            owner: RawOwner::default(),
+            family: 0,
+            _pad: [0; 3],
+        };
+        let Ok(Event::Tcp(ev)) = decode(&bytes_of(&raw)) else {
+            panic!("decodes")
+        };
+        assert_eq!((ev.op, ev.family, ev.owner), (TcpOp::SendReset, None, None));
+        let bad = TcpEvent { op: 9, ..raw };
+        assert_eq!(decode(&bytes_of(&bad)), Err(DecodeError::BadTcpOp(9)));
+        let retransmit = TcpEvent {
+            op: tcp_op::RETRANSMIT,
+            family: AF_INET6,
+            ..raw
+        };
+        let Ok(Event::Tcp(ev)) = decode(&bytes_of(&retransmit)) else {
+            panic!("decodes")
+        };
+        assert_eq!((ev.op, ev.family), (TcpOp::Retransmit, Some(Family::Inet6)));
     }
 
     #[test]

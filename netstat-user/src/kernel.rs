@@ -29,6 +29,12 @@ const TRACEPOINTS: &[(&str, &str)] = &[
     (STATE_PROGRAM, "inet_sock_set_state"),
     ("inet_sock_set_state_nested", "inet_sock_set_state"),
 ];
+/// Retransmits and resets, for `-s`'s event counters.
+const TCP_EVENT_TRACEPOINTS: &[&str] =
+    &["tcp_retransmit_skb", "tcp_send_reset", "tcp_receive_reset"];
+/// Bytes through `sendmsg`/`recvmsg`, for `life`: they run on every send
+/// and receive of every socket, so only `life` pays for them.
+const BYTE_TRACEPOINTS: &[&str] = &["sock_send_length", "sock_recv_length"];
 /// UDP hooks on `struct bpf_sock` (bind, release).
 const UDP_SOCK_HOOKS: [&str; 3] = ["udp_bind4", "udp_bind6", "udp_release"];
 /// UDP hooks on `struct bpf_sock_addr` (connect).
@@ -49,6 +55,10 @@ pub struct Options<'a> {
     pub events: bool,
     /// What a socket table needs: the fd-table iterator.
     pub sockets: bool,
+    /// With `events`: retransmits and resets too.
+    pub tcp_events: bool,
+    /// With `events`: count each socket's bytes sent and received.
+    pub bytes: bool,
 }
 
 /// The loaded, attached kernel side.
@@ -81,6 +91,16 @@ impl Kernel {
                 let prog: &mut BtfTracePoint = program(&mut ebpf, name)?.try_into()?;
                 prog.load(tracepoint, &btf)
                     .map_err(|e| program_error(name, e))?;
+                prog.attach().map_err(|e| program_error(name, e))?;
+            }
+            let extra = [
+                (opts.tcp_events, TCP_EVENT_TRACEPOINTS),
+                (opts.bytes, BYTE_TRACEPOINTS),
+            ];
+            for name in extra.iter().filter(|(on, _)| *on).flat_map(|(_, n)| *n) {
+                // Each program is named after its tracepoint.
+                let prog: &mut BtfTracePoint = program(&mut ebpf, name)?.try_into()?;
+                prog.load(name, &btf).map_err(|e| program_error(name, e))?;
                 prog.attach().map_err(|e| program_error(name, e))?;
             }
         }
@@ -168,7 +188,14 @@ impl Kernel {
         }
         let mut map: HashMap<_, u64, SockInfo> = HashMap::try_from(self.map_mut(SOCKS_MAP)?)?;
         for (cookie, owner) in socks {
-            ignore_exists(map.insert(cookie, SockInfo { since_ns: 0, owner }, BPF_NOEXIST))?;
+            ignore_exists(map.insert(
+                cookie,
+                SockInfo {
+                    owner,
+                    ..SockInfo::default()
+                },
+                BPF_NOEXIST,
+            ))?;
         }
         let mut map: HashMap<_, ListenKey, Listener> =
             HashMap::try_from(self.map_mut(LISTENERS_MAP)?)?;

@@ -2,9 +2,10 @@
 //!
 //! Data flows one way: `kernel` (load, attach, raw records) and `seed`
 //! (the start-up snapshot) -> `decode` (typed events) -> `model` (the live
-//! table) -> commands (`trace`, `connections`, `watch`) -> `views` (what is
-//! printed or drawn). netstat's other tables (`-i`, `--ethernet`, `-r`)
-//! come from rtnetlink: `netlink` -> `links`, `routes` -> `tables` -> `views`.
+//! table) -> commands (`trace`, `connections`, `watch`, `life`) -> `views`
+//! (what is printed or drawn). netstat's other tables (`-i`, `--ethernet`,
+//! `-r`) come from rtnetlink: `netlink` -> `links`, `routes` -> `tables` ->
+//! `views`; `-s` reads the kernel's MIB files and counts events in `stats`.
 
 mod cli;
 mod clock;
@@ -12,6 +13,7 @@ mod connections;
 mod decode;
 mod escape;
 mod kernel;
+mod life;
 mod links;
 mod model;
 mod names;
@@ -22,6 +24,7 @@ mod routes;
 mod seed;
 mod signals;
 mod sockdiag;
+mod stats;
 mod tables;
 mod trace;
 mod views;
@@ -33,7 +36,7 @@ use anyhow::{Context as _, Result};
 use clap::Parser as _;
 
 use crate::{
-    cli::{Cli, Command, KernelArgs},
+    cli::{Cli, Command, KernelArgs, StatsProto},
     decode::Family,
     kernel::Kernel,
 };
@@ -53,6 +56,9 @@ fn run(cli: Cli) -> Result<()> {
     signals::install().context("installing signal handlers")?;
     match cli.command {
         None => {
+            if cli.table.statistics {
+                return stats_command(&cli);
+            }
             if let Some(opts) = tables::Options::from_args(&cli.table) {
                 return tables::run(&opts, &mut io::BufWriter::new(io::stdout().lock()));
             }
@@ -109,6 +115,31 @@ fn run(cli: Cli) -> Result<()> {
                 &mut io::BufWriter::new(io::stdout().lock()),
             )
         }
+        Some(Command::Life(args)) => {
+            let mut kernel = Kernel::load(&kernel::Options {
+                btf: &cli.btf,
+                ring_bytes: args.kernel.ring_mib << 20,
+                events: true,
+                sockets: false,
+                tcp_events: false,
+                bytes: true,
+            })?;
+            let opts = life::Options {
+                json: args.json,
+                filter: trace::Filter {
+                    pids: args.pid,
+                    ports: args.port,
+                    family: family(args.ipv4, args.ipv6),
+                },
+                duration: args.duration,
+                count: args.count,
+            };
+            life::run(
+                &mut kernel,
+                &opts,
+                &mut io::BufWriter::new(io::stdout().lock()),
+            )
+        }
         Some(Command::Watch(args)) => {
             let mut kernel = load_kernel(&cli.btf, &args.kernel, true, true)?;
             let opts = watch::Options {
@@ -125,6 +156,44 @@ fn run(cli: Cli) -> Result<()> {
             watch::run(&mut kernel, &opts)
         }
     }
+}
+
+/// `-s`: kernel counters, plus event counters when there is an interval
+/// and TCP is shown (only those load the kernel side, and need root).
+fn stats_command(cli: &Cli) -> Result<()> {
+    let args = &cli.table;
+    // netstat's -t and -u pick TCP and UDP, both families, as --proto does.
+    let mut protos = args.proto.clone();
+    if args.tcp {
+        protos.extend([StatsProto::Tcp, StatsProto::Tcp6]);
+    }
+    if args.udp {
+        protos.extend([StatsProto::Udp, StatsProto::Udp6]);
+    }
+    let opts = stats::Options {
+        protos,
+        json: args.json,
+        interval: args
+            .interval
+            .or(args.continuous.then_some(Duration::from_secs(1))),
+    };
+    let mut kernel = if opts.interval.is_some() && opts.shows_tcp() {
+        Some(Kernel::load(&kernel::Options {
+            btf: &cli.btf,
+            ring_bytes: args.kernel.ring_mib << 20,
+            events: true,
+            sockets: false,
+            tcp_events: true,
+            bytes: false,
+        })?)
+    } else {
+        None
+    };
+    stats::run(
+        kernel.as_mut(),
+        &opts,
+        &mut io::BufWriter::new(io::stdout().lock()),
+    )
 }
 
 /// bnetstat's own network namespace, or `None` for every one.
@@ -156,5 +225,7 @@ fn load_kernel(
         ring_bytes: args.ring_mib << 20,
         events,
         sockets,
+        tcp_events: false,
+        bytes: false,
     })
 }

@@ -130,6 +130,7 @@ impl Model {
         match event {
             Event::StateChange(ev) => self.state_change(ev),
             Event::Udp(ev) => self.udp(ev),
+            Event::Tcp(_) => Change::Nothing,
         }
     }
 
@@ -296,6 +297,7 @@ mod tests {
             ns_in_old: None,
             owner,
             error: 0,
+            end: None,
         })
     }
 

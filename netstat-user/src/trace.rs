@@ -131,7 +131,7 @@ impl<W: Write> Sink<'_, W> {
     fn record(&mut self, record: &[u8]) -> io::Result<()> {
         let ev = match decode(record) {
             Ok(Event::StateChange(ev)) => ev,
-            Ok(Event::Udp(_)) => return Ok(()),
+            Ok(Event::Udp(_) | Event::Tcp(_)) => return Ok(()),
             Err(_) => {
                 self.undecodable += 1;
                 return Ok(());
@@ -155,12 +155,17 @@ impl<W: Write> Sink<'_, W> {
 
 /// Reports lost events once each: the count since the last report.
 #[derive(Default)]
-struct LostReport {
+pub(crate) struct LostReport {
     reported: u64,
 }
 
 impl LostReport {
-    fn report(&mut self, lost: Lost, json: bool, out: &mut impl Write) -> io::Result<()> {
+    pub(crate) fn report(
+        &mut self,
+        lost: Lost,
+        json: bool,
+        out: &mut impl Write,
+    ) -> io::Result<()> {
         let new = lost.total().saturating_sub(self.reported);
         if new == 0 {
             return Ok(());

@@ -60,11 +60,17 @@ impl TempDir {
         &self.0
     }
 
-    /// A copy of the executable `src` named `name`, so processes started
-    /// from it have `name` as their `comm`.
+    /// The executable `src` under the name `name`, so processes started
+    /// from it have `name` as their `comm`. A hard link where it can be: a
+    /// copy is open for writing for a moment, and a child another test
+    /// thread forks meanwhile keeps it open, so exec'ing the copy then
+    /// fails with "Text file busy".
     pub fn exe(&self, src: impl AsRef<Path>, name: &str) -> PathBuf {
         assert!(name.len() <= 15, "comm is at most 15 bytes: {name}");
         let dst = self.0.join(name);
+        if fs::hard_link(src.as_ref(), &dst).is_ok() {
+            return dst;
+        }
         fs::copy(src.as_ref(), &dst).unwrap_or_else(|e| {
             panic!("copy {} to {}: {e}", src.as_ref().display(), dst.display())
         });

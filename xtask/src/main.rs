@@ -18,7 +18,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The toolchain aya-build compiles the eBPF crate with.
 const NIGHTLY: &str = "nightly";
 /// Debian packages the integration tests use.
-const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "strace", "tmux"];
+const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "strace", "tmux", "nftables"];
 
 #[derive(Parser)]
 #[command(about = "Set up, run and test bnetstat")]

@@ -2,7 +2,9 @@
 //! change them.
 
 pub mod interfaces;
+pub mod life;
 pub mod routes;
+pub mod stats;
 pub mod table;
 pub mod trace;
 pub mod unix;

@@ -92,7 +92,7 @@ fn ms(ns: u64) -> f64 {
 }
 
 /// Local wall-clock `HH:MM:SS.mmm` of `wall_ns`.
-fn clock(wall_ns: i128) -> String {
+pub fn clock(wall_ns: i128) -> String {
     let secs = wall_ns.div_euclid(1_000_000_000) as libc::time_t;
     let millis = wall_ns.rem_euclid(1_000_000_000) / 1_000_000;
     // SAFETY: localtime_r fills the tm we own; all zeros is a valid tm.

@@ -814,6 +814,7 @@ mod tests {
             ns_in_old: None,
             owner: who,
             error: 0,
+            end: None,
         })
     }
 

@@ -3,8 +3,8 @@
 //! test, its `comm` names its role.
 //!
 //! ```text
-//! netscene listen ADDR PORT [--accept N] [--close-first] [--delay-ms MS] [--linger-ms MS]
-//! netscene connect ADDR PORT [--count N] [--wait-eof | --fill]
+//! netscene listen ADDR PORT [--accept N] [--close-first] [--delay-ms MS] [--linger-ms MS] [--exchange N]
+//! netscene connect ADDR PORT [--count N] [--wait-eof | --fill | --exchange N]
 //! netscene hold SPEC...
 //! netscene udp ADDR PORT [--count N] [--interval-ms MS]
 //! ```
@@ -14,7 +14,10 @@
 //! sends a line and closes; with `--wait-eof` it reads until the server
 //! closes, then closes; with `--fill` it writes until the server's window
 //! is full and closes without waiting, so its FIN goes out only when the
-//! server reads. `udp` sends
+//! server reads. With `--exchange N` (both ends) the client sends N bytes,
+//! the server reads them all and sends N back, the client reads them and
+//! closes first, then the server closes at EOF: a known transfer each way.
+//! `udp` sends
 //! `--count` datagrams of 100 bytes, `--interval-ms` apart: known traffic
 //! for the interface counters.
 //!
@@ -65,6 +68,8 @@ fn run() -> Result<(), String> {
         }
     };
     match mode.as_str() {
+        "listen" if flag("--exchange") => exchange_server(at, value("--exchange", 0)?),
+        "connect" if flag("--exchange") => exchange_client(at, value("--exchange", 0)?),
         "listen" => listen(
             at,
             value("--accept", 1)?,
@@ -153,6 +158,46 @@ fn connect(at: SocketAddr, count: u64, wait_eof: bool, fill: bool) -> std::io::R
         } else {
             conn.write_all(b"hello\n")?;
         }
+    }
+    Ok(())
+}
+
+/// N bytes in, N bytes out, then waits for the client to close first.
+fn exchange_server(at: SocketAddr, n: u64) -> std::io::Result<()> {
+    let listener = TcpListener::bind(at)?;
+    println!("listening");
+    std::io::stdout().flush()?;
+    let (mut conn, _) = listener.accept()?;
+    read_exactly(&mut conn, n)?;
+    write_bytes(&mut conn, n)?;
+    // EOF: the client's FIN, so the client is the end that closed first.
+    conn.read_to_end(&mut Vec::new())?;
+    Ok(())
+}
+
+/// N bytes out, N bytes in, then closes.
+fn exchange_client(at: SocketAddr, n: u64) -> std::io::Result<()> {
+    let mut conn = TcpStream::connect(at)?;
+    write_bytes(&mut conn, n)?;
+    read_exactly(&mut conn, n)?;
+    Ok(())
+}
+
+fn write_bytes(conn: &mut TcpStream, n: u64) -> std::io::Result<()> {
+    let chunk = [0x42u8; 8192];
+    let mut left = n;
+    while left > 0 {
+        let len = left.min(chunk.len() as u64) as usize;
+        conn.write_all(&chunk[..len])?;
+        left -= len as u64;
+    }
+    Ok(())
+}
+
+fn read_exactly(conn: &mut TcpStream, n: u64) -> std::io::Result<()> {
+    let got = std::io::copy(&mut conn.take(n), &mut std::io::sink())?;
+    if got != n {
+        return Err(std::io::Error::other(format!("got {got} of {n} bytes")));
     }
     Ok(())
 }
