@@ -16,6 +16,11 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const SOCKS_MAP: &str = "SOCKS";
 /// Name of the listener owner map.
 pub const LISTENERS_MAP: &str = "LISTENERS";
+/// Name of the global that holds the ports to follow.
+pub const PORTS_GLOBAL: &str = "PORTS";
+/// How many ports the kernel side can filter on; with more, user space
+/// filters alone.
+pub const MAX_PORTS: usize = 8;
 /// Name of the global that holds kernel struct offsets.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 

@@ -39,8 +39,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use netstat_common::{
-    AF_INET, AF_INET6, EVENT_STATE_CHANGE, ListenKey, Listener, Offsets, Owner, SockInfo,
-    SocketFile, StateChange, closer, counter, tcp_state,
+    AF_INET, AF_INET6, EVENT_STATE_CHANGE, ListenKey, Listener, MAX_PORTS, Offsets, Owner,
+    SockInfo, SocketFile, StateChange, closer, counter, tcp_state,
 };
 
 pub(crate) const IPPROTO_TCP: u16 = 6;
@@ -66,6 +66,12 @@ pub(crate) static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entrie
 /// Listening sockets' owners, by where they listen.
 #[map]
 static LISTENERS: LruHashMap<ListenKey, Listener> = LruHashMap::with_max_entries(1 << 16, 0);
+
+/// Ports to follow (either end), set by user space before load; all zero
+/// follows every socket. Filtering here keeps a busy host's other
+/// connections out of the ring buffer of a `trace --port` run.
+#[unsafe(no_mangle)]
+static PORTS: [u16; MAX_PORTS] = [0; MAX_PORTS];
 
 /// Kernel struct offsets, filled in by user space before load.
 #[unsafe(no_mangle)]
@@ -141,6 +147,12 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     }
     let sport = u16::from_be(read(sk, off.inet_sport)?);
     let dport = u16::from_be(read(sk, off.skc_dport)?);
+    // SAFETY: written by user space before load; volatile keeps the zeros it
+    // was declared with from being folded in.
+    let ports = unsafe { core::ptr::read_volatile(&PORTS) };
+    if ports[0] != 0 && !ports.iter().any(|&p| p != 0 && (p == sport || p == dport)) {
+        return Ok(());
+    }
     let net = read::<u64>(sk, off.skc_net)? as *const u8;
     let netns = read::<u32>(net, off.net_ns_inum)?;
 

@@ -15,8 +15,8 @@ use aya::{
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Iter, ProgramError},
 };
 use netstat_common::{
-    COUNTERS_MAP, EVENTS_MAP, LISTENERS_MAP, ListenKey, Listener, OFFSETS_GLOBAL, Owner, SOCKS_MAP,
-    SockInfo, SocketFile, counter,
+    COUNTERS_MAP, EVENTS_MAP, LISTENERS_MAP, ListenKey, Listener, MAX_PORTS, OFFSETS_GLOBAL, Owner,
+    PORTS_GLOBAL, SOCKS_MAP, SockInfo, SocketFile, counter,
 };
 
 use crate::offsets;
@@ -59,6 +59,9 @@ pub struct Options<'a> {
     pub tcp_events: bool,
     /// With `events`: count each socket's bytes sent and received.
     pub bytes: bool,
+    /// Follow only TCP sockets with one of these ports at either end; every
+    /// socket when empty or when there are more than the kernel side holds.
+    pub ports: &'a [u16],
 }
 
 /// The loaded, attached kernel side.
@@ -83,6 +86,7 @@ impl Kernel {
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global(OFFSETS_GLOBAL, &offsets, true)
+            .override_global(PORTS_GLOBAL, &port_filter(opts.ports), true)
             .map_max_entries(EVENTS_MAP, ring_bytes)
             .load(OBJECT)
             .map_err(load_error)?;
@@ -298,6 +302,16 @@ fn cgroup2_root() -> Result<PathBuf> {
         })
 }
 
+/// The kernel side's port filter: the ports, or all zeros (no filter) when
+/// there are none or too many.
+fn port_filter(ports: &[u16]) -> [u16; MAX_PORTS] {
+    let mut filter = [0u16; MAX_PORTS];
+    if ports.len() <= MAX_PORTS && !ports.contains(&0) {
+        filter[..ports.len()].copy_from_slice(ports);
+    }
+    filter
+}
+
 /// An entry that is already there is one the kernel filled in itself.
 fn ignore_exists(result: Result<(), MapError>) -> Result<()> {
     match result {
@@ -407,6 +421,17 @@ mod tests {
     use aya_obj::VerifierLog;
 
     use super::*;
+
+    #[test]
+    fn the_kernel_filters_ports_only_when_it_can_hold_them_all() {
+        assert_eq!(port_filter(&[]), [0; MAX_PORTS]);
+        assert_eq!(port_filter(&[80, 443])[..3], [80, 443, 0]);
+        assert_eq!(
+            port_filter(&[1; MAX_PORTS + 1]),
+            [0; MAX_PORTS],
+            "too many: user space filters"
+        );
+    }
 
     #[test]
     fn a_refused_program_is_named_in_one_line_with_the_verifiers_reason() {

@@ -65,7 +65,7 @@ fn run(cli: Cli) -> Result<()> {
             let args = cli.table;
             // A table printed once needs no events: the seed is the table.
             let redisplay = args.interval.is_some() || args.continuous;
-            let mut kernel = load_kernel(&cli.btf, &args.kernel, redisplay, true)?;
+            let mut kernel = load_kernel(&cli.btf, &args.kernel, (redisplay, true), &[])?;
             let netns = netns_filter(args.all_netns)?;
             let opts = connections::Options {
                 view: views::table::Options {
@@ -98,7 +98,7 @@ fn run(cli: Cli) -> Result<()> {
             )
         }
         Some(Command::Trace(args)) => {
-            let mut kernel = load_kernel(&cli.btf, &args.kernel, true, false)?;
+            let mut kernel = load_kernel(&cli.btf, &args.kernel, (true, false), &args.port)?;
             let opts = trace::Options {
                 json: args.json,
                 filter: trace::Filter {
@@ -123,6 +123,7 @@ fn run(cli: Cli) -> Result<()> {
                 sockets: false,
                 tcp_events: false,
                 bytes: true,
+                ports: &args.port,
             })?;
             let opts = life::Options {
                 json: args.json,
@@ -141,7 +142,7 @@ fn run(cli: Cli) -> Result<()> {
             )
         }
         Some(Command::Watch(args)) => {
-            let mut kernel = load_kernel(&cli.btf, &args.kernel, true, true)?;
+            let mut kernel = load_kernel(&cli.btf, &args.kernel, (true, true), &[])?;
             let opts = watch::Options {
                 select: views::table::Options {
                     all: true,
@@ -185,6 +186,7 @@ fn stats_command(cli: &Cli) -> Result<()> {
             sockets: false,
             tcp_events: true,
             bytes: false,
+            ports: &[],
         })?)
     } else {
         None
@@ -217,8 +219,8 @@ fn family(ipv4: bool, ipv6: bool) -> Option<Family> {
 fn load_kernel(
     btf: &std::path::Path,
     args: &KernelArgs,
-    events: bool,
-    sockets: bool,
+    (events, sockets): (bool, bool),
+    ports: &[u16],
 ) -> Result<Kernel> {
     Kernel::load(&kernel::Options {
         btf,
@@ -227,5 +229,6 @@ fn load_kernel(
         sockets,
         tcp_events: false,
         bytes: false,
+        ports,
     })
 }
