@@ -2,6 +2,8 @@
 //!
 //! Every step checks before it acts, so a second run costs seconds.
 
+mod bench;
+
 use std::{
     env,
     ffi::OsStr,
@@ -19,6 +21,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const NIGHTLY: &str = "nightly";
 /// Debian packages the integration tests use.
 const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "strace", "tmux"];
+/// The peers `cargo xtask bench` measures bnetstat against.
+const BENCH_PACKAGES: &[&str] = &["libbpf-tools", "iproute2", "net-tools"];
 
 #[derive(Parser)]
 #[command(about = "Set up, run and test bnetstat")]
@@ -38,6 +42,14 @@ enum Task {
     },
     /// Set up, check formatting and lints, and run every test.
     Test,
+    /// Measure bnetstat against tcpstates, tcplife, ss and netstat in the
+    /// same run and write BENCHMARKS.md (needs root; about 12 minutes).
+    Bench {
+        /// Tiny sizes, one repetition: check it works and print the
+        /// figures; BENCHMARKS.md is not written.
+        #[arg(long)]
+        smoke: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -109,7 +121,48 @@ fn run(task: Task) -> Result<()> {
             }
             Ok(())
         }
+        Task::Bench { smoke } => bench(&root, smoke),
     }
+}
+
+/// Installs the peers, builds release bnetstat and the load generator,
+/// runs the bench, prints the report and, unless smoke, writes it.
+fn bench(root: &Path, smoke: bool) -> Result<()> {
+    if !is_root() {
+        bail!("the bench loads eBPF programs and runs tcpstates: run it as root");
+    }
+    setup(BENCH_PACKAGES)?;
+    // One cargo call for both: no second lock wait or resolve.
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "netstat-user",
+        "-p",
+        "bnetstat-tests",
+        "--bin",
+        "bnetstat",
+        "--bin",
+        "loadgen",
+    ])?;
+    let tools = bench::Tools {
+        bnetstat: root.join("target/release/bnetstat"),
+        loadgen: root.join("target/release/loadgen"),
+        scratch: root.join("target/bench"),
+    };
+    let plan = if smoke {
+        bench::Plan::smoke()
+    } else {
+        bench::Plan::full()
+    };
+    let report = bench::run(&plan, &tools)?;
+    println!("{report}");
+    if !smoke {
+        let path = root.join("BENCHMARKS.md");
+        std::fs::write(&path, report).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("xtask: wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn workspace_root() -> PathBuf {
