@@ -40,7 +40,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, check formatting and lints, and run every test.
+    /// Set up, check formatting and lints, run every test, then a smoke bench.
     Test,
     /// Measure bnetstat against tcpstates, tcplife, ss and netstat in the
     /// same run and write BENCHMARKS.md (needs root; about 12 minutes).
@@ -119,7 +119,8 @@ fn run(task: Task) -> Result<()> {
             if !status.success() {
                 bail!("tests failed");
             }
-            Ok(())
+            // CI exercises the bench too: seconds of it, no timing asserted.
+            bench(&root, true)
         }
         Task::Bench { smoke } => bench(&root, smoke),
     }
