@@ -2,6 +2,8 @@
 //!
 //! Every step checks before it acts, so a second run costs seconds.
 
+mod bench;
+
 use std::{
     env,
     ffi::OsStr,
@@ -19,6 +21,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const NIGHTLY: &str = "nightly";
 /// Debian packages the integration tests use.
 const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "strace", "tmux", "nftables"];
+/// The peers `cargo xtask bench` measures bnetstat against.
+const BENCH_PACKAGES: &[&str] = &["libbpf-tools", "iproute2", "net-tools"];
 
 #[derive(Parser)]
 #[command(about = "Set up, run and test bnetstat")]
@@ -36,8 +40,16 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, check formatting and lints, and run every test.
+    /// Set up, check formatting and lints, run every test, then a smoke bench.
     Test,
+    /// Measure bnetstat against tcpstates, tcplife, ss and netstat in the
+    /// same run and write BENCHMARKS.md (needs root; about 12 minutes).
+    Bench {
+        /// Tiny sizes, one repetition: check it works and print the
+        /// figures; BENCHMARKS.md is not written.
+        #[arg(long)]
+        smoke: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -107,9 +119,51 @@ fn run(task: Task) -> Result<()> {
             if !status.success() {
                 bail!("tests failed");
             }
-            Ok(())
+            // CI exercises the bench too: seconds of it, no timing asserted.
+            bench(&root, true)
         }
+        Task::Bench { smoke } => bench(&root, smoke),
     }
+}
+
+/// Installs the peers, builds release bnetstat and the load generator,
+/// runs the bench, prints the report and, unless smoke, writes it.
+fn bench(root: &Path, smoke: bool) -> Result<()> {
+    if !is_root() {
+        bail!("the bench loads eBPF programs and runs tcpstates: run it as root");
+    }
+    setup(BENCH_PACKAGES)?;
+    // One cargo call for both: no second lock wait or resolve.
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "netstat-user",
+        "-p",
+        "bnetstat-tests",
+        "--bin",
+        "bnetstat",
+        "--bin",
+        "loadgen",
+    ])?;
+    let tools = bench::Tools {
+        bnetstat: root.join("target/release/bnetstat"),
+        loadgen: root.join("target/release/loadgen"),
+        scratch: root.join("target/bench"),
+    };
+    let plan = if smoke {
+        bench::Plan::smoke()
+    } else {
+        bench::Plan::full()
+    };
+    let report = bench::run(&plan, &tools)?;
+    println!("{report}");
+    if !smoke {
+        let path = root.join("BENCHMARKS.md");
+        std::fs::write(&path, report).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("xtask: wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn workspace_root() -> PathBuf {

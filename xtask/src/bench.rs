@@ -1,0 +1,429 @@
+//! `cargo xtask bench`: bnetstat against its peers, every figure a ratio to
+//! a peer measured in the same run, repetitions interleaved.
+
+mod churn;
+mod table;
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{BufRead as _, BufReader},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// How big and how long.
+pub struct Plan {
+    pub smoke: bool,
+    /// Every configuration runs once per repetition, in rotating order.
+    pub reps: usize,
+    /// Seconds of churn per run.
+    pub load_secs: u64,
+    /// Client threads in the load generator (and as many server threads).
+    pub threads: u64,
+    /// Established connections held open for the table timings.
+    pub held: Vec<usize>,
+}
+
+impl Plan {
+    pub fn full() -> Plan {
+        Plan {
+            smoke: false,
+            reps: 5,
+            load_secs: 8,
+            threads: 4,
+            held: vec![10_000, 50_000, 100_000],
+        }
+    }
+
+    /// Seconds of work: checks the bench runs and prints figures.
+    pub fn smoke() -> Plan {
+        Plan {
+            smoke: true,
+            reps: 1,
+            load_secs: 2,
+            threads: 2,
+            held: vec![1_000],
+        }
+    }
+}
+
+/// The binaries under test and where scratch output goes.
+pub struct Tools {
+    pub bnetstat: PathBuf,
+    pub loadgen: PathBuf,
+    pub scratch: PathBuf,
+}
+
+/// Runs the plan and returns the report (Markdown).
+pub fn run(plan: &Plan, tools: &Tools) -> Result<String> {
+    fs::create_dir_all(&tools.scratch)
+        .with_context(|| format!("creating {}", tools.scratch.display()))?;
+    let machine = machine()?;
+    // Tables first: churn leaves TIME_WAIT sockets that would swell them
+    // for the next 60 s.
+    let tables = table::run(plan, tools)?;
+    let churn = churn::run(plan, tools)?;
+    let mut md = String::new();
+    writeln!(md, "# Benchmarks\n")?;
+    writeln!(
+        md,
+        "Written by `cargo xtask bench`{}. Every figure is a median over {} repetition(s) with \
+         the min–max range in brackets; within a repetition every configuration runs once, in \
+         an order that rotates between repetitions, so a ratio compares runs made minutes apart \
+         on the same machine.\n",
+        if plan.smoke { " --smoke" } else { "" },
+        plan.reps
+    )?;
+    md.push_str(&machine);
+    churn::report(&mut md, plan, tools, &churn)?;
+    table::report(&mut md, plan, &tables)?;
+    goals(&mut md, &churn, &tables)?;
+    writeln!(
+        md,
+        "## Not measured yet\n\n\
+         - `bnetstat serve` (model plus metrics) does not exist yet; its rows are left out. \
+         The model row above (`bnetstat -tan 1`) is the live table that exists today.\n\
+         - Part 4, the ceiling (the event rate where bnetstat starts losing events, and what \
+         `--ring-mib` and reader batching change about it), is not built yet.\n\
+         - Part 5, `cargo xtask soak --minutes N` (steady churn, memory sampled every 10 s), is \
+         not built yet.\n"
+    )?;
+    Ok(md)
+}
+
+/// The goals of the bench's issue, each with whether this run met it.
+fn goals(md: &mut String, churn: &churn::Results, tables: &[table::Size]) -> Result<()> {
+    writeln!(md, "## Goals\n")?;
+    writeln!(md, "| goal | this run | met |\n| --- | --- | --- |")?;
+    let mut row = |goal: &str, figure: String, met: Option<bool>| {
+        let met = match met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "not measured",
+        };
+        writeln!(md, "| {goal} | {figure} | {met} |")
+    };
+    let loss = churn.median_ratio(churn::Config::Trace).map(|r| 1.0 - r);
+    let tcpstates_loss = churn
+        .median_ratio(churn::Config::Tcpstates)
+        .map(|r| 1.0 - r);
+    row(
+        "connection-rate loss with `bnetstat trace` at most 3%",
+        loss.map_or("-".into(), |l| format!("{:.1}%", l * 100.0)),
+        loss.map(|l| l <= 0.03),
+    )?;
+    row(
+        "... and no worse than with `tcpstates`",
+        match (loss, tcpstates_loss) {
+            (Some(l), Some(t)) => format!("{:.1}% against {:.1}%", l * 100.0, t * 100.0),
+            _ => "-".into(),
+        },
+        loss.zip(tcpstates_loss).map(|(l, t)| l <= t),
+    )?;
+    let delivered = churn.worst_share(churn::Config::Trace, |r| r.delivered_share());
+    row(
+        "100% of transitions delivered (bnetstat trace)",
+        delivered.map_or("-".into(), |s| format!("worst run {:.4}%", s * 100.0)),
+        delivered.map(|s| s >= 1.0),
+    )?;
+    let owned = churn.worst_share(churn::Config::Trace, |r| r.owner_share());
+    row(
+        "100% attributed to the right owner (bnetstat trace)",
+        owned.map_or("-".into(), |s| format!("worst run {:.4}%", s * 100.0)),
+        owned.map(|s| s >= 1.0),
+    )?;
+    let biggest = tables.iter().max_by_key(|s| s.held);
+    let speedup = biggest.and_then(|s| s.ratio("ss -tanp", "bnetstat -tanp"));
+    row(
+        &format!(
+            "cold `bnetstat -tanp` at {} sockets at least 3× faster than `ss -tanp`",
+            biggest.map_or(0, |s| s.held)
+        ),
+        speedup.map_or("-".into(), |x| format!("{x:.2}× faster")),
+        speedup.map(|x| x >= 3.0),
+    )?;
+    let rss = biggest.and_then(|s| s.rss_mib);
+    row(
+        &format!(
+            "live memory at {} connections under 100 MiB",
+            biggest.map_or(0, |s| s.held)
+        ),
+        rss.map_or("-".into(), |m| format!("{m:.1} MiB")),
+        rss.map(|m| m < 100.0),
+    )?;
+    let cpu = churn.median_cpu(churn::Config::Trace);
+    row(
+        "user-space CPU under 1 s per million events (bnetstat trace)",
+        cpu.map_or("-".into(), |c| format!("{c:.2} s")),
+        cpu.map(|c| c < 1.0),
+    )?;
+    row(
+        "100% delivered below the ceiling",
+        "the ceiling is not measured yet".into(),
+        None,
+    )?;
+    writeln!(md)?;
+    Ok(())
+}
+
+/// `nproc`, memory, CPU model, kernel, peers' versions and the commit.
+fn machine() -> Result<String> {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").context("reading /proc/cpuinfo")?;
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown", |(_, m)| m.trim());
+    let meminfo = fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    let mem_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .context("no MemTotal in /proc/meminfo")?;
+    let text = |program: &str, args: &[&str]| {
+        crate::output(program, args).map_or_else(|_| "?".to_owned(), |s| s.trim().to_owned())
+    };
+    let mut md = String::from("## Machine\n\n");
+    writeln!(md, "- CPUs (`nproc`): {}", text("nproc", &[]))?;
+    writeln!(md, "- CPU model: {model}")?;
+    writeln!(md, "- memory: {:.1} GiB", mem_kib as f64 / (1 << 20) as f64)?;
+    writeln!(md, "- kernel (`uname -r`): {}", text("uname", &["-r"]))?;
+    writeln!(
+        md,
+        "- bnetstat: commit {}",
+        text("git", &["rev-parse", "--short", "HEAD"])
+    )?;
+    for pkg in crate::BENCH_PACKAGES {
+        writeln!(
+            md,
+            "- {pkg} {}",
+            text("dpkg-query", &["-W", "-f", "${Version}", pkg])
+        )?;
+    }
+    writeln!(
+        md,
+        "- the machine is shared: other work may run at the same time, which the \
+         interleaving spreads evenly over the configurations but does not remove\n"
+    )?;
+    Ok(md)
+}
+
+/// Median, min and max.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// None for no values.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Spread> {
+        let mut v: Vec<f64> = values.into_iter().collect();
+        v.sort_by(f64::total_cmp);
+        let (&min, &max) = (v.first()?, v.last()?);
+        let mid = v.len() / 2;
+        let median = if v.len().is_multiple_of(2) {
+            (v[mid - 1] + v[mid]) / 2.0
+        } else {
+            v[mid]
+        };
+        Some(Spread { median, min, max })
+    }
+
+    /// `median (min–max)` with `digits` decimals; a single run has no range.
+    pub fn show(&self, digits: usize) -> String {
+        if self.min == self.max {
+            format!("{:.digits$}", self.median)
+        } else {
+            format!(
+                "{:.digits$} ({:.digits$}–{:.digits$})",
+                self.median, self.min, self.max
+            )
+        }
+    }
+}
+
+/// `Spread::show`, or `-` when there is nothing to show.
+pub fn show(spread: Option<Spread>, digits: usize) -> String {
+    spread.map_or_else(|| "-".to_owned(), |s| s.show(digits))
+}
+
+/// A child killed when dropped, so a failing bench leaves nothing running.
+pub struct Guard(pub Child);
+
+impl Guard {
+    pub fn spawn(cmd: &mut Command) -> Result<Guard> {
+        cmd.spawn()
+            .map(Guard)
+            .with_context(|| format!("starting {:?}", cmd.get_program()))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGINT, as a person at a terminal would stop it; SIGKILL after 10 s.
+    pub fn interrupt(mut self) -> Result<()> {
+        // SAFETY: kill has no memory preconditions; the pid is our child's,
+        // not yet reaped.
+        unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGINT) };
+        wait_until(
+            "a tracer to stop after SIGINT",
+            Duration::from_secs(10),
+            || matches!(self.0.try_wait(), Ok(Some(_))),
+        )
+    }
+
+    /// Waits for it to exit by itself, at most `limit`.
+    pub fn finish(mut self, limit: Duration, what: &str) -> Result<std::process::ExitStatus> {
+        let mut status = None;
+        wait_until(what, limit, || {
+            status = self.0.try_wait().ok().flatten();
+            status.is_some()
+        })?;
+        status.context("no exit status")
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Polls `done` every 20 ms until it holds, or fails after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > limit {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// The first line `stdout` prints, within `limit`.
+pub fn first_line(stdout: ChildStdout, limit: Duration, what: &str) -> Result<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(limit)
+        .with_context(|| format!("timed out after {limit:?} waiting for {what}"))
+}
+
+/// CPU seconds (user plus system) `pid` has used so far.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // Fields after the parenthesised comm, which may hold spaces: state is
+    // field 3, utime 14 and stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok());
+    let (Some(utime), Some(stime)) = (ticks(14), ticks(15)) else {
+        bail!("{path}: no utime and stime");
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((utime + stime) as f64 / hz)
+}
+
+/// A loopback port free right now.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free loopback port")?
+        .port())
+}
+
+/// Bytes in `path`, 0 when it does not exist yet.
+pub fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// A command as a person would type it, for the report.
+pub fn typed(program: &str, args: &[&str]) -> String {
+    std::iter::once(program)
+        .chain(args.iter().copied())
+        .map(|a| {
+            if a.contains([' ', '(', ')']) {
+                format!("'{a}'")
+            } else {
+                a.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Starts `cmd` with stdout and stderr in files under `scratch`.
+pub fn spawn_logged(
+    cmd: &mut Command,
+    scratch: &Path,
+    name: &str,
+) -> Result<(Guard, PathBuf, PathBuf)> {
+    let out = scratch.join(format!("{name}.out"));
+    let err = scratch.join(format!("{name}.err"));
+    let file = |p: &Path| fs::File::create(p).with_context(|| format!("creating {}", p.display()));
+    let guard = Guard::spawn(
+        cmd.stdin(Stdio::null())
+            .stdout(file(&out)?)
+            .stderr(file(&err)?),
+    )?;
+    Ok((guard, out, err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spread_has_the_middle_value_or_the_mean_of_the_two() {
+        assert_eq!(
+            Spread::of([3.0, 1.0, 2.0]),
+            Some(Spread {
+                median: 2.0,
+                min: 1.0,
+                max: 3.0
+            })
+        );
+        assert_eq!(
+            Spread::of([4.0, 1.0, 2.0, 3.0]).map(|s| s.median),
+            Some(2.5)
+        );
+        assert_eq!(Spread::of([]), None);
+    }
+
+    #[test]
+    fn a_single_run_shows_no_range() {
+        assert_eq!(show(Spread::of([0.5]), 2), "0.50");
+        assert_eq!(show(Spread::of([0.5, 1.0, 0.25]), 1), "0.5 (0.2–1.0)");
+        assert_eq!(show(None, 1), "-");
+    }
+
+    #[test]
+    fn commands_are_quoted_where_a_shell_needs_it() {
+        assert_eq!(
+            typed("ss", &["-tanpH", "( sport = :80 )"]),
+            "ss -tanpH '( sport = :80 )'"
+        );
+    }
+}

@@ -1,0 +1,219 @@
+//! Part 3: the wall time to a complete table with many established
+//! connections held open, and bnetstat's memory holding that table live.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    Guard, Plan, Spread, Tools, file_len, first_line, free_port, show, spawn_logged, wait_until,
+};
+
+/// Connections per holder process: two fds each must fit under the hard
+/// RLIMIT_NOFILE of 20,000, with room for the process's own.
+const PER_HOLDER: usize = 9_000;
+/// Longest a single table may take.
+const TABLE_LIMIT: Duration = Duration::from_secs(300);
+
+/// The tables timed: (label, program, args), `bnetstat` standing for the
+/// binary under test.
+const TABLES: [(&str, &str, &[&str]); 6] = [
+    ("bnetstat -tan", "bnetstat", &["-tan"]),
+    ("bnetstat -tanp", "bnetstat", &["-tanp"]),
+    ("ss -tan", "ss", &["-tan"]),
+    ("ss -tanp", "ss", &["-tanp"]),
+    ("netstat -tan", "netstat", &["-tan"]),
+    ("netstat -tanp", "netstat", &["-tanp"]),
+];
+
+/// The figures at one size.
+pub struct Size {
+    pub held: usize,
+    /// TCP sockets on the host while timing (`ss -tanH | wc -l`).
+    sockets: usize,
+    /// Seconds per table, in `TABLES` order, one value per repetition.
+    times: Vec<Vec<f64>>,
+    /// Resident memory of a live `bnetstat -tan 60` after its first table.
+    pub rss_mib: Option<f64>,
+}
+
+impl Size {
+    /// Median over repetitions of `slow`'s time over `fast`'s.
+    pub fn ratio(&self, slow: &str, fast: &str) -> Option<f64> {
+        self.ratios(slow, fast).map(|s| s.median)
+    }
+
+    fn ratios(&self, slow: &str, fast: &str) -> Option<Spread> {
+        let times = |label: &str| {
+            TABLES
+                .iter()
+                .position(|t| t.0 == label)
+                .map(|i| &self.times[i])
+        };
+        let (slow, fast) = (times(slow)?, times(fast)?);
+        Spread::of(slow.iter().zip(fast).map(|(s, f)| s / f))
+    }
+}
+
+pub fn run(plan: &Plan, tools: &Tools) -> Result<Vec<Size>> {
+    plan.held
+        .iter()
+        .map(|&held| size(plan, tools, held))
+        .collect()
+}
+
+fn size(plan: &Plan, tools: &Tools, held: usize) -> Result<Size> {
+    eprintln!("xtask: bench table: holding {held} loopback connections");
+    let _holders = hold(tools, held)?;
+    let sockets = crate::output("ss", &["-tanH"])?.lines().count();
+    let mut times = vec![Vec::new(); TABLES.len()];
+    for rep in 0..plan.reps {
+        for i in 0..TABLES.len() {
+            let i = (i + rep) % TABLES.len();
+            let (label, program, args) = TABLES[i];
+            eprintln!("xtask: bench table {}/{}: {label}", rep + 1, plan.reps);
+            times[i].push(time_table(tools, program, args).with_context(|| label.to_owned())?);
+        }
+    }
+    let rss_mib = Some(live_rss(tools).context("bnetstat -tan 60")?);
+    Ok(Size {
+        held,
+        sockets,
+        times,
+        rss_mib,
+    })
+}
+
+/// Holder processes with `held` connections open between them, each to its
+/// own listening port so no one (address, port) pair runs out of ephemeral
+/// ports. Killed when dropped.
+fn hold(tools: &Tools, held: usize) -> Result<Vec<Guard>> {
+    let mut holders = Vec::new();
+    let mut left = held;
+    while left > 0 {
+        let n = left.min(PER_HOLDER);
+        left -= n;
+        let guard = Guard::spawn(
+            Command::new(&tools.loadgen)
+                .args(["hold", &free_port()?.to_string(), &n.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped()),
+        )?;
+        holders.push(guard);
+    }
+    for holder in &mut holders {
+        let stdout = holder.0.stdout.take().context("holder stdout")?;
+        let line = first_line(stdout, Duration::from_secs(120), "a holder to connect")?;
+        if line.trim() != "ready" {
+            bail!("a connection holder failed (see its message above)");
+        }
+    }
+    Ok(holders)
+}
+
+/// Wall seconds from start to exit, output to /dev/null.
+fn time_table(tools: &Tools, program: &str, args: &[&str]) -> Result<f64> {
+    let program = if program == "bnetstat" {
+        tools.bnetstat.as_os_str()
+    } else {
+        program.as_ref()
+    };
+    let start = Instant::now();
+    let mut guard = Guard::spawn(
+        Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    )?;
+    let stderr = guard.0.stderr.take().context("stderr")?;
+    // Read alongside, so a chatty stderr cannot block it.
+    let errors = thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let status = guard.finish(TABLE_LIMIT, "a table")?;
+    let seconds = start.elapsed().as_secs_f64();
+    let errors = errors.join().unwrap_or_default();
+    if !status.success() {
+        bail!("failed ({status}): {}", errors.trim());
+    }
+    Ok(seconds)
+}
+
+/// VmRSS of `bnetstat -tan 60` once its first table is out (its output
+/// stops growing), in MiB.
+fn live_rss(tools: &Tools) -> Result<f64> {
+    let (guard, out, _) = spawn_logged(
+        Command::new(&tools.bnetstat).args(["-tan", "60"]),
+        &tools.scratch,
+        "live-table",
+    )?;
+    let mut last = (0, Instant::now());
+    wait_until("the first table", Duration::from_secs(120), || {
+        let len = file_len(&out);
+        if len != last.0 {
+            last = (len, Instant::now());
+        }
+        len > 0 && last.1.elapsed() > Duration::from_secs(1)
+    })?;
+    let path = format!("/proc/{}/status", guard.pid());
+    let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no VmRSS in {path}"))?;
+    drop(guard);
+    let _ = fs::remove_file(&out);
+    Ok(kib / 1024.0)
+}
+
+/// Part 3 of the report.
+pub fn report(md: &mut String, plan: &Plan, sizes: &[Size]) -> Result<()> {
+    writeln!(md, "## Time to a complete table\n")?;
+    writeln!(
+        md,
+        "Established loopback connections held open by `loadgen hold PORT N` processes \
+         (at most {PER_HOLDER} connections each, both ends in the holder, each holder on its \
+         own port). Each tool's full output goes to /dev/null; wall time from start to exit, \
+         bnetstat from a cold start (programs loaded, seeded, table printed). {} repetition(s) \
+         per size, tools in rotating order. The ratio is the same-repetition time of `ss` with \
+         the same flags over the tool's time (above 1: faster than ss).\n",
+        plan.reps
+    )?;
+    for size in sizes {
+        writeln!(
+            md,
+            "### {} connections held ({} TCP sockets on the host)\n",
+            size.held, size.sockets
+        )?;
+        writeln!(
+            md,
+            "| command | seconds | ss (same flags) time / this |\n| --- | --- | --- |"
+        )?;
+        for (i, (label, _, args)) in TABLES.iter().enumerate() {
+            let ss = if args.contains(&"-tanp") {
+                "ss -tanp"
+            } else {
+                "ss -tan"
+            };
+            writeln!(
+                md,
+                "| `{label}` | {} | {} |",
+                show(Spread::of(size.times[i].iter().copied()), 3),
+                show(size.ratios(ss, label), 2)
+            )?;
+        }
+        writeln!(
+            md,
+            "\nbnetstat's resident memory holding this table live (`bnetstat -tan 60`, VmRSS after \
+             its first table): {}\n",
+            size.rss_mib.map_or("-".into(), |m| format!("{m:.1} MiB"))
+        )?;
+    }
+    Ok(())
+}
