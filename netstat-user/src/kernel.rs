@@ -5,7 +5,8 @@ use std::{
     io::{self, Read as _},
     os::fd::{AsFd, AsRawFd, BorrowedFd},
     path::{Path, PathBuf},
-    time::Duration,
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -41,6 +42,9 @@ const UDP_SOCK_HOOKS: [&str; 3] = ["udp_bind4", "udp_bind6", "udp_release"];
 const UDP_ADDR_HOOKS: [&str; 2] = ["udp_connect4", "udp_connect6"];
 /// The iterator that lists every process's socket files.
 const OWNERS_ITERATOR: (&str, &str) = ("socket_owners", "task_file");
+/// How long a busy reader lets records gather between drains: the most
+/// a record waits in the ring beyond its arrival while events are flowing.
+const BATCH_WINDOW: Duration = Duration::from_millis(10);
 /// The program whose nesting misses `inet_sock_set_state_nested` makes up for.
 const STATE_PROGRAM: &str = "inet_sock_set_state";
 
@@ -72,6 +76,8 @@ pub struct Kernel {
     counters: PerCpuArray<MapData, u64>,
     /// Whether the event programs are attached.
     following: bool,
+    /// When the last drain that found records ended: see [`Kernel::wait`].
+    drained: Instant,
 }
 
 impl Kernel {
@@ -124,18 +130,32 @@ impl Kernel {
             events,
             counters,
             following: opts.events,
+            drained: Instant::now(),
         })
     }
 
     /// Waits until records are ready or `timeout` passes; `Ok(false)` on a
     /// timeout or a signal.
+    ///
+    /// Reads are batched: within [`BATCH_WINDOW`] of the last drain it
+    /// sleeps first, so a busy ring is read at most once per window, not
+    /// once per record. The kernel wakes a reader only when it had caught
+    /// up, so a reader that keeps up would otherwise take a wake-up (and
+    /// the producer an irq_work) for nearly every record. The first record
+    /// after a quiet spell is still read at once.
     pub fn wait(&self, timeout: Duration) -> io::Result<bool> {
+        let settle = BATCH_WINDOW.saturating_sub(self.drained.elapsed());
+        let nap = settle.min(timeout);
+        if !nap.is_zero() {
+            thread::sleep(nap);
+        }
         let mut pfd = libc::pollfd {
             fd: self.events.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
-        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        let left = timeout - nap;
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
         // SAFETY: one valid pollfd.
         match unsafe { libc::poll(&mut pfd, 1, ms) } {
             -1 => match io::Error::last_os_error() {
@@ -148,8 +168,13 @@ impl Kernel {
 
     /// Hands every record now in the ring buffer to `f`, oldest first.
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) {
+        let mut any = false;
         while let Some(record) = self.events.next() {
             f(&record);
+            any = true;
+        }
+        if any {
+            self.drained = Instant::now();
         }
     }
 

@@ -142,7 +142,7 @@ impl<W: Write> Sink<'_, W> {
         }
         self.printed += 1;
         if self.opts.json {
-            writeln!(self.out, "{}", view::json(&ev))
+            view::write_json(self.out, &ev)
         } else {
             writeln!(
                 self.out,
