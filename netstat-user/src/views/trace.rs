@@ -83,7 +83,7 @@ pub fn write_json(out: &mut impl Write, ev: &StateChangeEvent) -> io::Result<()>
         Some(ns) => serde_json::to_writer(&mut *out, &ms(ns))?,
         None => out.write_all(b"null")?,
     }
-    write!(out, ",\"sock\":\"{:x}\"}}\n", ev.sock)
+    writeln!(out, ",\"sock\":\"{:x}\"}}", ev.sock)
 }
 
 /// An address as `Display` shows it; IPv4, by far the most common, without
