@@ -271,14 +271,31 @@ pub struct KernelArgs {
     /// Kernel ring buffer size in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = RING_MIB, value_parser = parse_ring_mib)]
     pub ring_mib: u32,
+    /// While events flow, read the ring at most once per this many ms
+    /// (0: on every wake-up). Fewer reads cost less CPU; each record may
+    /// wait this long, and the ring must hold what arrives meanwhile.
+    #[arg(long, value_name = "MS", default_value_t = BATCH_MS)]
+    pub batch_ms: u64,
 }
 
 /// The ring buffer's default size.
 const RING_MIB: u32 = 8;
+/// The default reader batching window.
+const BATCH_MS: u64 = 10;
 
 impl Default for KernelArgs {
     fn default() -> Self {
-        KernelArgs { ring_mib: RING_MIB }
+        KernelArgs {
+            ring_mib: RING_MIB,
+            batch_ms: BATCH_MS,
+        }
+    }
+}
+
+impl KernelArgs {
+    /// The reader batching window.
+    pub fn batch(&self) -> Duration {
+        Duration::from_millis(self.batch_ms)
     }
 }
 

@@ -42,9 +42,6 @@ const UDP_SOCK_HOOKS: [&str; 3] = ["udp_bind4", "udp_bind6", "udp_release"];
 const UDP_ADDR_HOOKS: [&str; 2] = ["udp_connect4", "udp_connect6"];
 /// The iterator that lists every process's socket files.
 const OWNERS_ITERATOR: (&str, &str) = ("socket_owners", "task_file");
-/// How long a busy reader lets records gather between drains: the most
-/// a record waits in the ring beyond its arrival while events are flowing.
-const BATCH_WINDOW: Duration = Duration::from_millis(10);
 /// The program whose nesting misses `inet_sock_set_state_nested` makes up for.
 const STATE_PROGRAM: &str = "inet_sock_set_state";
 
@@ -54,6 +51,9 @@ pub struct Options<'a> {
     pub btf: &'a Path,
     /// Ring buffer size in bytes (a power of two, at least a page).
     pub ring_bytes: u32,
+    /// How long a busy reader lets records gather between drains: see
+    /// [`Kernel::wait`].
+    pub batch: Duration,
     /// Follow events: TCP transitions, and with `sockets` the UDP hooks too
     /// (which need CAP_NET_ADMIN).
     pub events: bool,
@@ -76,8 +76,10 @@ pub struct Kernel {
     counters: PerCpuArray<MapData, u64>,
     /// Whether the event programs are attached.
     following: bool,
-    /// When the last drain that found records ended: see [`Kernel::wait`].
+    /// When the last drain that found records ended, and the window before
+    /// the next: see [`Kernel::wait`].
     drained: Instant,
+    batch: Duration,
 }
 
 impl Kernel {
@@ -131,20 +133,21 @@ impl Kernel {
             counters,
             following: opts.events,
             drained: Instant::now(),
+            batch: opts.batch,
         })
     }
 
     /// Waits until records are ready or `timeout` passes; `Ok(false)` on a
     /// timeout or a signal.
     ///
-    /// Reads are batched: within [`BATCH_WINDOW`] of the last drain it
+    /// Reads are batched: within the batching window of the last drain it
     /// sleeps first, so a busy ring is read at most once per window, not
     /// once per record. The kernel wakes a reader only when it had caught
     /// up, so a reader that keeps up would otherwise take a wake-up (and
     /// the producer an irq_work) for nearly every record. The first record
     /// after a quiet spell is still read at once.
     pub fn wait(&self, timeout: Duration) -> io::Result<bool> {
-        let settle = BATCH_WINDOW.saturating_sub(self.drained.elapsed());
+        let settle = self.batch.saturating_sub(self.drained.elapsed());
         let nap = settle.min(timeout);
         if !nap.is_zero() {
             thread::sleep(nap);

@@ -119,6 +119,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut kernel = Kernel::load(&kernel::Options {
                 btf: &cli.btf,
                 ring_bytes: args.kernel.ring_mib << 20,
+                batch: args.kernel.batch(),
                 events: true,
                 sockets: false,
                 tcp_events: false,
@@ -182,6 +183,7 @@ fn stats_command(cli: &Cli) -> Result<()> {
         Some(Kernel::load(&kernel::Options {
             btf: &cli.btf,
             ring_bytes: args.kernel.ring_mib << 20,
+            batch: args.kernel.batch(),
             events: true,
             sockets: false,
             tcp_events: true,
@@ -225,6 +227,7 @@ fn load_kernel(
     Kernel::load(&kernel::Options {
         btf,
         ring_bytes: args.ring_mib << 20,
+        batch: args.batch(),
         events,
         sockets,
         tcp_events: false,

@@ -4,13 +4,14 @@
 //! built in release with it; xtask stays a task runner.
 //!
 //! ```text
-//! loadgen churn PORT THREADS SECONDS
+//! loadgen churn PORT THREADS SECONDS [RATE]
 //! loadgen hold PORT COUNT
 //! ```
 //! `churn` starts a server, a second `loadgen` process listening on
 //! 127.0.0.1:PORT, and from THREADS client threads opens a connection to
 //! it, sends a byte, reads the server's byte and EOF, and closes, again and
-//! again for SECONDS; THREADS server threads accept, read the byte, answer
+//! again for SECONDS (with RATE, at most RATE connections a second in all,
+//! evenly paced); THREADS server threads accept, read the byte, answer
 //! and close first. Client and server are separate processes so that an
 //! owner taken from whatever task a softirq interrupted (on loopback, the
 //! peer) shows as wrong. It prints one JSON object: `pid` (the client's),
@@ -38,6 +39,8 @@ use std::{
 
 /// State changes of one loopback connection whose server closes first.
 const TRANSITIONS_PER_CONNECTION: u64 = 10;
+/// How many missed slots a paced thread makes up after falling behind.
+const CATCH_UP: u32 = 4;
 /// The listener's `CLOSE -> LISTEN` and `LISTEN -> CLOSE`.
 const LISTENER_TRANSITIONS: u64 = 2;
 
@@ -58,21 +61,31 @@ fn run() -> Result<(), String> {
             .map_err(|_| format!("'{s}' is not a number"))
     };
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        ["churn", port, threads, seconds] => {
+        ["churn", port, threads, seconds, ref rate @ ..] if rate.len() <= 1 => {
             let threads = number(threads)?;
             if threads == 0 {
                 return Err("THREADS must be at least 1".into());
             }
+            let pace = match rate.first() {
+                Some(r) => match number(r)? {
+                    0 => return Err("RATE must be at least 1".into()),
+                    r => Some(Duration::from_secs_f64(threads as f64 / r as f64)),
+                },
+                None => None,
+            };
             churn(
                 port_arg(port)?,
                 threads,
                 Duration::from_secs(number(seconds)?),
+                pace,
             )
         }
         // Started by `churn`, never by hand.
         ["serve", port, threads] => serve(port_arg(port)?, number(threads)?),
         ["hold", port, count] => hold(port_arg(port)?, number(count)?),
-        _ => Err("usage: loadgen churn PORT THREADS SECONDS | loadgen hold PORT COUNT".into()),
+        _ => {
+            Err("usage: loadgen churn PORT THREADS SECONDS [RATE] | loadgen hold PORT COUNT".into())
+        }
     }
 }
 
@@ -81,7 +94,14 @@ fn port_arg(s: &str) -> Result<SocketAddr, String> {
     Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
 }
 
-fn churn(at: SocketAddr, threads: u64, length: Duration) -> Result<(), String> {
+/// Churns for `length`; with `pace`, each thread starts a connection at
+/// most once per `pace`.
+fn churn(
+    at: SocketAddr,
+    threads: u64,
+    length: Duration,
+    pace: Option<Duration>,
+) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("finding myself: {e}"))?;
     let mut server = Command::new(exe)
         .args(["serve", &at.port().to_string(), &threads.to_string()])
@@ -104,7 +124,15 @@ fn churn(at: SocketAddr, threads: u64, length: Duration) -> Result<(), String> {
     thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
+                let mut next = Instant::now();
                 while start.elapsed() < length {
+                    if let Some(pace) = pace {
+                        let now = Instant::now();
+                        thread::sleep(next.saturating_duration_since(now));
+                        // Late slots are made up, but at most a few.
+                        let floor = now.checked_sub(pace * CATCH_UP).unwrap_or(now);
+                        next = next.max(floor) + pace;
+                    }
                     match once(at) {
                         Ok(()) => connections.fetch_add(1, Ordering::Relaxed),
                         Err(_) => errors.fetch_add(1, Ordering::Relaxed),

@@ -90,16 +90,19 @@ impl Config {
     }
 }
 
+/// Transitions one completed `loadgen churn` connection causes.
+pub const TRANSITIONS_PER_CONNECTION: u64 = 10;
+
 /// What the load generator reports.
 #[derive(Deserialize, Debug, Clone, Copy)]
-struct Load {
+pub struct Load {
     pid: u32,
     server_pid: u32,
     port: u16,
     connections: u64,
     errors: u64,
-    seconds: f64,
-    transitions: u64,
+    pub seconds: f64,
+    pub transitions: u64,
 }
 
 /// One run of the load with one configuration.
@@ -277,7 +280,7 @@ fn measure(config: Config, plan: &Plan, tools: &Tools) -> Result<Run> {
         Watcher::Process { guard, .. } => Some(cpu_seconds(guard.pid())?),
         _ => None,
     };
-    let load = load(plan, tools, port)?;
+    let load = load(tools, port, plan.threads, plan.load_secs, None)?;
     // What the kernel already queued is drained before the count.
     thread::sleep(Duration::from_millis(if plan.smoke { 500 } else { 1000 }));
     let mut run = Run {
@@ -342,23 +345,26 @@ fn has_fds(pid: u32, targets: &[&str]) -> bool {
         .all(|t| links.iter().any(|l| l.as_os_str() == *t))
 }
 
-/// Runs the load generator, bounded in time.
-fn load(plan: &Plan, tools: &Tools, port: u16) -> Result<Load> {
+/// Runs the load generator, bounded in time: `threads` clients for `secs`,
+/// at most `rate` connections a second when given.
+pub fn load(tools: &Tools, port: u16, threads: u64, secs: u64, rate: Option<u64>) -> Result<Load> {
+    let mut args = vec![
+        "churn".to_owned(),
+        port.to_string(),
+        threads.to_string(),
+        secs.to_string(),
+    ];
+    args.extend(rate.map(|r| r.to_string()));
     let mut guard = Guard::spawn(
         Command::new(&tools.loadgen)
-            .args([
-                "churn",
-                &port.to_string(),
-                &plan.threads.to_string(),
-                &plan.load_secs.to_string(),
-            ])
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped()),
     )?;
     let stdout = guard.0.stdout.take().context("loadgen stdout")?;
     let line = super::first_line(
         stdout,
-        Duration::from_secs(plan.load_secs + 60),
+        Duration::from_secs(secs + 60),
         "the load generator's result",
     )?;
     let status = guard.finish(Duration::from_secs(10), "the load generator to exit")?;
@@ -424,13 +430,13 @@ fn ss_seen(polls: &[String], load: &Load) -> (u64, u64) {
 }
 
 /// What `bnetstat trace --json` printed.
-struct TraceLines {
-    delivered: u64,
+pub struct TraceLines {
+    pub delivered: u64,
     right_pid: u64,
-    lost: u64,
+    pub lost: u64,
 }
 
-fn trace_lines(text: &str, load: &Load) -> TraceLines {
+pub fn trace_lines(text: &str, load: &Load) -> TraceLines {
     let mut t = TraceLines {
         delivered: 0,
         right_pid: 0,
