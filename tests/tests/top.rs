@@ -10,26 +10,36 @@ use std::{
     time::Duration,
 };
 
-use bnetstat_tests::{Bnetstat, Start, TempDir, free_port, wait_for_line, wait_timeout};
+use bnetstat_tests::{Bnetstat, Start as _, TempDir, free_port, wait_for_line, wait_timeout};
 use serde_json::Value;
 
 const NETSCENE: &str = env!("CARGO_BIN_EXE_netscene");
 const T: Duration = Duration::from_secs(30);
 
-/// The paced client: CHUNK bytes every TICK_MS, TICKS times (3 s).
+/// The paced client: CHUNK bytes every TICK_MS, TICKS times (3 s) unless
+/// a test says otherwise.
 const CHUNK: u64 = 10_000;
 const TICKS: u64 = 30;
 const TICK_MS: u64 = 100;
 /// Bytes per second it sends.
 const RATE: f64 = (CHUNK * 1000 / TICK_MS) as f64;
 
+/// When `bnetstat top` starts.
+#[derive(PartialEq)]
+enum Start {
+    BeforeTheScene,
+    /// Half a second into the client's run.
+    WhileTheClientRuns,
+}
+
 /// A server that reads whatever `connect` sends, `accept` times, and a
 /// client with `client_args`, each under its own name; returns their pids
 /// and what `bnetstat top --json` printed meanwhile, one object per interval.
-fn scene(tag: &str, accept: u64, client_args: &[&str]) -> (Actor, Actor, Vec<Value>) {
+fn scene(tag: &str, accept: u64, client_args: &[&str], when: Start) -> (Actor, Actor, Vec<Value>) {
     let port = free_port("127.0.0.1");
     let p = port.to_string();
-    let top = Bnetstat::start(&["top", "--json", "--rows", "100", "--port", &p]);
+    let top_args = ["top", "--json", "--rows", "100", "--port", &p];
+    let mut top = (when == Start::BeforeTheScene).then(|| Bnetstat::start(&top_args));
     let dir = TempDir::new();
     let server_comm = format!("{tag}s{port}");
     let client_comm = format!("{tag}c{port}");
@@ -42,12 +52,16 @@ fn scene(tag: &str, accept: u64, client_args: &[&str]) -> (Actor, Actor, Vec<Val
         .args(["connect", "127.0.0.1", &p])
         .args(client_args)
         .start();
+    if top.is_none() {
+        thread::sleep(Duration::from_millis(500));
+        top = Some(Bnetstat::start(&top_args));
+    }
     assert!(wait_timeout(&mut client, T, "client").success());
     assert!(wait_timeout(&mut server, T, "server").success());
     // One more whole interval, so the last bytes are read, not only
     // flushed by the stop.
     thread::sleep(Duration::from_millis(1500));
-    let out = top.stop();
+    let out = top.expect("started").stop();
     assert!(out.status.success(), "bnetstat failed: {}", out.stderr);
     assert!(!out.stderr.contains("lost"), "{}", out.stderr);
     let intervals = out.json_lines();
@@ -118,20 +132,45 @@ impl Actor {
     }
 }
 
+/// The paced client's arguments, for `ticks` sends.
+fn paced(ticks: u64) -> Vec<String> {
+    [
+        "--paced",
+        &CHUNK.to_string(),
+        "--ticks",
+        &ticks.to_string(),
+        "--tick-ms",
+        &TICK_MS.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Checks that every interval between the first and the last in which
+/// the client sent saw the client's rate, sent and received (a 1 s window
+/// holds 9 to 11 of its 10 sends per second).
+fn assert_rate_in_whole_intervals(intervals: &[Value], sent: &[u64], received: &[u64]) {
+    let busy: Vec<usize> = (0..sent.len()).filter(|&i| sent[i] > 0).collect();
+    assert!(!busy.is_empty(), "no bytes sent");
+    let (first, last) = (busy[0], busy[busy.len() - 1]);
+    assert!(last - first >= 2, "no whole interval: {sent:?}");
+    for i in first + 1..last {
+        let seconds = intervals[i]["interval_s"].as_f64().expect("interval_s");
+        for (what, bytes) in [("sent", sent[i]), ("received", received[i])] {
+            let rate = bytes as f64 / seconds;
+            assert!(
+                (0.75 * RATE..=1.25 * RATE).contains(&rate),
+                "{what} {rate:.0} B/s in interval {i} against {RATE} B/s: {sent:?} {received:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_known_rate_shows_in_every_whole_interval_and_sums_exactly() {
-    let (server, client, intervals) = scene(
-        "tr",
-        1,
-        &[
-            "--paced",
-            &CHUNK.to_string(),
-            "--ticks",
-            &TICKS.to_string(),
-            "--tick-ms",
-            &TICK_MS.to_string(),
-        ],
-    );
+    let args = paced(TICKS);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (server, client, intervals) = scene("tr", 1, &args, Start::BeforeTheScene);
     let total = CHUNK * TICKS;
     let sent = client.conn_bytes(&intervals, "tx_bytes");
     let received = server.conn_bytes(&intervals, "rx_bytes");
@@ -169,29 +208,38 @@ fn a_known_rate_shows_in_every_whole_interval_and_sums_exactly() {
     }
     assert_eq!(client.process_total(&intervals, "opened"), 1);
     assert_eq!(server.process_total(&intervals, "accepted"), 1);
+    // The transfer spans about three intervals.
+    assert_rate_in_whole_intervals(&intervals, &sent, &received);
+}
 
-    // The transfer spans about three intervals: the ones between its first
-    // and its last are whole, and each saw the client's rate (a 1 s window
-    // holds 9 to 11 of its 10 sends per second).
-    let busy: Vec<usize> = (0..sent.len()).filter(|&i| sent[i] > 0).collect();
-    let (first, last) = (busy[0], busy[busy.len() - 1]);
-    assert!(last - first >= 2, "no whole interval: {sent:?}");
-    for i in first + 1..last {
-        let seconds = intervals[i]["interval_s"].as_f64().expect("interval_s");
-        for (what, bytes) in [("sent", sent[i]), ("received", received[i])] {
-            let rate = bytes as f64 / seconds;
-            assert!(
-                (0.75 * RATE..=1.25 * RATE).contains(&rate),
-                "{what} {rate:.0} B/s in interval {i} against {RATE} B/s: {sent:?} {received:?}"
-            );
-        }
-    }
+#[test]
+fn a_transfer_already_running_when_top_starts_shows_from_the_first_interval() {
+    // Longer than the rest: bnetstat takes a while to load and seed.
+    let ticks = 2 * TICKS;
+    let args = paced(ticks);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (server, client, intervals) = scene("tp", 1, &args, Start::WhileTheClientRuns);
+    let sent = client.conn_bytes(&intervals, "tx_bytes");
+    let received = server.conn_bytes(&intervals, "rx_bytes");
+    // Seeded with its owners, so bytes show at once, under the right pids.
+    assert!(sent[0] > 0 && received[0] > 0, "{sent:?} {received:?}");
+    assert!(
+        sent.iter().sum::<u64>() <= CHUNK * (ticks - 1),
+        "the first send came before bnetstat: {sent:?}"
+    );
+    assert_eq!(
+        client.process_total(&intervals, "opened"),
+        0,
+        "opened before"
+    );
+    assert_rate_in_whole_intervals(&intervals, &sent, &received);
 }
 
 #[test]
 fn new_connections_count_as_opened_by_the_client_and_accepted_by_the_server() {
     const N: u64 = 25;
-    let (server, client, intervals) = scene("tn", N, &["--count", &N.to_string()]);
+    let (server, client, intervals) =
+        scene("tn", N, &["--count", &N.to_string()], Start::BeforeTheScene);
     assert_eq!(client.process_total(&intervals, "opened"), N);
     assert_eq!(client.process_total(&intervals, "accepted"), 0);
     assert_eq!(server.process_total(&intervals, "accepted"), N);
