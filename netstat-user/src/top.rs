@@ -91,9 +91,7 @@ pub fn run(kernel: &mut Kernel, opts: &Options, out: &mut impl Write) -> Result<
             kernel.wait(left.min(TICK)).context("waiting for events")?;
         };
         let followed: Vec<u64> = traffic.followed().collect();
-        for (sock, sent, received) in kernel.byte_totals(followed)? {
-            traffic.read(sock, sent, received);
-        }
+        traffic.read(&kernel.byte_totals(followed)?);
         let interval = traffic.take(opts.sort);
         let now = Instant::now();
         let frame = Frame {

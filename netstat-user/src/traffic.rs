@@ -12,7 +12,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{HashMap, hash_map::Entry},
+    collections::{HashMap, HashSet, hash_map::Entry},
     net::IpAddr,
 };
 
@@ -142,6 +142,8 @@ struct Followed {
     conn: Conn,
     sent: u64,
     received: u64,
+    /// Missing from the last reading.
+    missed: bool,
 }
 
 /// The traffic of the interval under way.
@@ -174,6 +176,7 @@ impl Traffic {
                 conn,
                 sent: 0,
                 received: 0,
+                missed: false,
             });
         }
     }
@@ -232,6 +235,7 @@ impl Traffic {
                     conn,
                     sent: 0,
                     received: 0,
+                    missed: false,
                 });
             }
         }
@@ -242,15 +246,31 @@ impl Traffic {
         self.followed.keys().copied()
     }
 
-    /// Takes one reading of a followed connection's totals.
-    pub fn read(&mut self, sock: u64, sent: u64, received: u64) {
-        let Some(f) = self.followed.get_mut(&sock) else {
-            return;
-        };
-        let before = (f.sent, f.received);
-        (f.sent, f.received) = (f.sent.max(sent), f.received.max(received));
-        let conn = f.conn.clone();
-        self.book(sock, conn, sent, received, before);
+    /// Takes one reading: `(cookie, sent, received)` for each followed
+    /// connection the kernel side still holds. One missing has closed, and
+    /// its change to `CLOSE` may still be on its way; missing from two
+    /// readings in a row, that change was lost, and it is forgotten.
+    pub fn read(&mut self, totals: &[(u64, u64, u64)]) {
+        let mut found = HashSet::with_capacity(totals.len());
+        for &(sock, sent, received) in totals {
+            let Some(f) = self.followed.get_mut(&sock) else {
+                continue;
+            };
+            found.insert(sock);
+            f.missed = false;
+            let before = (f.sent, f.received);
+            (f.sent, f.received) = (f.sent.max(sent), f.received.max(received));
+            let conn = f.conn.clone();
+            self.book(sock, conn, sent, received, before);
+        }
+        self.followed.retain(|sock, f| {
+            if found.contains(sock) {
+                return true;
+            }
+            let keep = !f.missed;
+            f.missed = true;
+            keep
+        });
     }
 
     /// Adds the growth from `before` to (`sent`, `received`) to the interval.
@@ -367,19 +387,19 @@ mod tests {
     fn an_interval_holds_the_growth_since_the_last_reading() {
         let mut t = Traffic::new(Filter::default());
         connect(&mut t, 1, 7);
-        t.read(1, 1000, 10);
+        t.read(&[(1, 1000, 10)]);
         let first = t.take(Sort::Bytes);
         assert_eq!(
             (first.conns[0].tx_bytes, first.conns[0].rx_bytes),
             (1000, 10)
         );
-        t.read(1, 3000, 10);
+        t.read(&[(1, 3000, 10)]);
         let second = t.take(Sort::Bytes);
         assert_eq!(
             (second.conns[0].tx_bytes, second.conns[0].rx_bytes),
             (2000, 0)
         );
-        t.read(1, 3000, 10);
+        t.read(&[(1, 3000, 10)]);
         assert!(t.take(Sort::Bytes).conns.is_empty(), "idle: no row");
     }
 
@@ -387,7 +407,7 @@ mod tests {
     fn bytes_after_the_last_reading_count_once_at_close() {
         let mut t = Traffic::new(Filter::default());
         connect(&mut t, 1, 7);
-        t.read(1, 500, 0);
+        t.read(&[(1, 500, 0)]);
         t.take(Sort::Bytes);
         t.apply(&close(1, owner(7, "curl"), 800, 40));
         let last = t.take(Sort::Bytes);
@@ -395,7 +415,7 @@ mod tests {
         let row = &last.conns[0];
         assert_eq!((row.tx_bytes, row.rx_bytes, row.closed), (300, 40, true));
         // A reading that raced the close finds nothing left to follow.
-        t.read(1, 800, 40);
+        t.read(&[(1, 800, 40)]);
         assert!(t.take(Sort::Bytes).conns.is_empty());
     }
 
@@ -427,9 +447,7 @@ mod tests {
                 ..Conn::of(&ev(4, TcpState::Established, TcpState::Established, None))
             },
         );
-        for (sock, sent) in [(1, 10), (2, 20), (3, 1000), (4, 5)] {
-            t.read(sock, sent, 1);
-        }
+        t.read(&[(1, 10, 1), (2, 20, 1), (3, 1000, 1), (4, 5, 1)]);
         let i = t.take(Sort::Bytes);
         let rows: Vec<_> = i
             .procs
@@ -447,11 +465,35 @@ mod tests {
                 owner(9, "nginx"),
             ));
             connect(&mut t, 7, 7);
-            t.read(3, 1_000_000, 1);
+            t.read(&[(3, 1_000_000, 1)]);
             t.take(Sort::Conns)
         };
         let order: Vec<_> = by_conns.procs.iter().map(|p| p.pid).collect();
         assert_eq!(order, [Some(7), Some(9)]);
+    }
+
+    #[test]
+    fn a_connection_whose_close_was_lost_is_forgotten_after_two_readings() {
+        let mut t = Traffic::new(Filter::default());
+        connect(&mut t, 1, 7);
+        connect(&mut t, 2, 7);
+        t.read(&[(1, 10, 0), (2, 10, 0)]);
+        t.read(&[(2, 20, 0)]);
+        // Its close arriving after one missed reading still counts.
+        t.apply(&close(1, owner(7, "curl"), 15, 0));
+        let tx: Vec<_> = t
+            .take(Sort::Bytes)
+            .conns
+            .iter()
+            .map(|c| (c.sock, c.tx_bytes))
+            .collect();
+        assert_eq!(tx, [(2, 20), (1, 15)]);
+        t.read(&[]);
+        assert_eq!(t.followed().count(), 1, "missed once: still followed");
+        t.read(&[]);
+        assert_eq!(t.followed().count(), 0, "missed twice: forgotten");
+        let i = t.take(Sort::Bytes);
+        assert!(i.conns.is_empty());
     }
 
     #[test]
@@ -462,7 +504,7 @@ mod tests {
         });
         connect(&mut t, 1, 7);
         assert_eq!(t.followed().count(), 0);
-        t.read(1, 100, 100);
+        t.read(&[(1, 100, 100)]);
         t.apply(&close(1, owner(7, "curl"), 100, 100));
         assert_eq!(t.take(Sort::Bytes), Interval::default());
     }
@@ -478,7 +520,7 @@ mod tests {
             owner(3, "ssh"),
         ));
         t.apply(&ev(1, TcpState::FinWait2, TcpState::FinWait2, None));
-        t.read(1, 1, 0);
+        t.read(&[(1, 1, 0)]);
         let i = t.take(Sort::Bytes);
         assert_eq!(i.conns[0].conn.owner, owner(3, "ssh"));
         assert_eq!(i.procs[0].comm.as_deref(), Some("ssh"));
