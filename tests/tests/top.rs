@@ -147,8 +147,11 @@ fn paced(ticks: u64) -> Vec<String> {
 }
 
 /// Checks that every interval between the first and the last in which
-/// the client sent saw the client's rate, sent and received (a 1 s window
-/// holds 9 to 11 of its 10 sends per second).
+/// the client sent saw the client's rate, sent and received: a 1 s window
+/// holds 9 to 11 of its 10 sends per second, and 30% leaves room for a
+/// sender or reader held up by a busy machine around a boundary. Counting
+/// totals instead of growth, or a whole transfer in one interval, is far
+/// outside.
 fn assert_rate_in_whole_intervals(intervals: &[Value], sent: &[u64], received: &[u64]) {
     let busy: Vec<usize> = (0..sent.len()).filter(|&i| sent[i] > 0).collect();
     assert!(!busy.is_empty(), "no bytes sent");
@@ -159,7 +162,7 @@ fn assert_rate_in_whole_intervals(intervals: &[Value], sent: &[u64], received: &
         for (what, bytes) in [("sent", sent[i]), ("received", received[i])] {
             let rate = bytes as f64 / seconds;
             assert!(
-                (0.75 * RATE..=1.25 * RATE).contains(&rate),
+                (0.7 * RATE..=1.3 * RATE).contains(&rate),
                 "{what} {rate:.0} B/s in interval {i} against {RATE} B/s: {sent:?} {received:?}"
             );
         }
