@@ -159,6 +159,60 @@ pub enum Command {
     /// duration, and which end closed first.
     #[command(after_help = LIFE_EXAMPLES)]
     Life(LifeArgs),
+    /// The busiest TCP connections and processes by bytes and by new
+    /// connections, every interval, like tcptop.
+    #[command(after_help = TOP_EXAMPLES)]
+    Top(TopArgs),
+}
+
+const TOP_EXAMPLES: &str = "\
+Examples:
+  bnetstat top                       every second, on a cleared screen
+  bnetstat top 5 --count 3           three 5-second intervals
+  bnetstat top --port 443 --rows 5   the 5 busiest rows for port 443
+  bnetstat top --sort conns          processes by connections opened and accepted
+  bnetstat top --json --duration 10  one JSON object per interval for 10 s
+
+KB are 1024 bytes over the interval: what owners passed to sendmsg and took
+from recvmsg. OPENED counts connect()s, ACCEPTED connections a listener took in.";
+
+#[derive(Args, Debug)]
+pub struct TopArgs {
+    /// One JSON object per interval, per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Rows per table.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..))]
+    pub rows: u16,
+    /// How to rank processes.
+    #[arg(long, value_enum, default_value_t)]
+    pub sort: crate::traffic::Sort,
+    /// Never clear the screen between intervals (it is cleared only on a terminal).
+    #[arg(short = 'C', long)]
+    pub noclear: bool,
+    /// Only connections owned by this process (repeatable).
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<u32>,
+    /// Only connections with this port at either end (repeatable).
+    #[arg(long, value_name = "PORT")]
+    pub port: Vec<u16>,
+    /// Only IPv4.
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Only IPv6.
+    #[arg(short = '6')]
+    pub ipv6: bool,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub duration: Option<Duration>,
+    /// Stop after printing this many intervals.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Length of an interval in seconds.
+    #[arg(value_name = "INTERVAL", value_parser = parse_seconds, default_value = "1")]
+    pub interval: Duration,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
 }
 
 const LIFE_EXAMPLES: &str = "\
@@ -414,6 +468,36 @@ mod tests {
         };
         assert!(l.json && l.ipv4 && !l.ipv6);
         assert_eq!((l.port, l.count), (vec![80], Some(2)));
+    }
+
+    #[test]
+    fn top_takes_a_trailing_interval_and_its_limits() {
+        let Some(Command::Top(t)) = parse(&[
+            "top", "--json", "--rows", "5", "--count", "3", "--port", "80", "--sort", "conns",
+            "0.5",
+        ])
+        .expect("parses")
+        .command
+        else {
+            panic!("not top")
+        };
+        assert!(t.json && !t.noclear);
+        assert_eq!((t.rows, t.count, t.port), (5, Some(3), vec![80]));
+        assert_eq!(t.sort, crate::traffic::Sort::Conns);
+        assert_eq!(t.interval, Duration::from_millis(500));
+        let Some(Command::Top(t)) = parse(&["top", "-C"]).expect("parses").command else {
+            panic!("not top")
+        };
+        assert!(t.noclear);
+        assert_eq!((t.interval, t.rows), (Duration::from_secs(1), 20));
+        for args in [
+            &["top", "0"][..],
+            &["top", "--rows", "0"],
+            &["top", "--sort", "name"],
+            &["top", "-4", "-6"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} accepted");
+        }
     }
 
     #[test]

@@ -33,8 +33,8 @@ const TRACEPOINTS: &[(&str, &str)] = &[
 /// Retransmits and resets, for `-s`'s event counters.
 const TCP_EVENT_TRACEPOINTS: &[&str] =
     &["tcp_retransmit_skb", "tcp_send_reset", "tcp_receive_reset"];
-/// Bytes through `sendmsg`/`recvmsg`, for `life`: they run on every send
-/// and receive of every socket, so only `life` pays for them.
+/// Bytes through `sendmsg`/`recvmsg`, for `life` and `top`: they run on
+/// every send and receive of every socket, so only those pay for them.
 const BYTE_TRACEPOINTS: &[&str] = &["sock_send_length", "sock_recv_length"];
 /// UDP hooks on `struct bpf_sock` (bind, release).
 const UDP_SOCK_HOOKS: [&str; 3] = ["udp_bind4", "udp_bind6", "udp_release"];
@@ -235,6 +235,29 @@ impl Kernel {
             ignore_exists(map.insert(key, listener, BPF_NOEXIST))?;
         }
         Ok(())
+    }
+
+    /// Bytes sent and received so far by each of `socks` the kernel side
+    /// still follows (`bytes` must be on), as `(cookie, sent, received)`.
+    pub fn byte_totals(
+        &self,
+        socks: impl IntoIterator<Item = u64>,
+    ) -> Result<Vec<(u64, u64, u64)>> {
+        let map = self
+            .ebpf
+            .map(SOCKS_MAP)
+            .ok_or_else(|| anyhow!("eBPF object has no map {SOCKS_MAP}"))?;
+        let map: HashMap<_, u64, SockInfo> = HashMap::try_from(map)?;
+        let mut totals = Vec::new();
+        for sock in socks {
+            match map.get(&sock, 0) {
+                Ok(info) => totals.push((sock, info.bytes_sent, info.bytes_received)),
+                // Closed since: its change to `CLOSE` carries its totals.
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).context("reading socket byte counters"),
+            }
+        }
+        Ok(totals)
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {

@@ -3,7 +3,8 @@
 //! Data flows one way: `kernel` (load, attach, raw records) and `seed`
 //! (the start-up snapshot) -> `decode` (typed events) -> `model` (the live
 //! table) -> commands (`trace`, `connections`, `watch`, `life`) -> `views`
-//! (what is printed or drawn). netstat's other tables (`-i`, `--ethernet`,
+//! (what is printed or drawn). `top` feeds events and the kernel's
+//! per-socket byte totals to `traffic` (one interval's rows) -> `views`. netstat's other tables (`-i`, `--ethernet`,
 //! `-r`) come from rtnetlink: `netlink` -> `links`, `routes` -> `tables` ->
 //! `views`; `-s` reads the kernel's MIB files and counts events in `stats`.
 
@@ -26,7 +27,9 @@ mod signals;
 mod sockdiag;
 mod stats;
 mod tables;
+mod top;
 mod trace;
+mod traffic;
 mod views;
 mod watch;
 
@@ -137,6 +140,36 @@ fn run(cli: Cli) -> Result<()> {
                 count: args.count,
             };
             life::run(
+                &mut kernel,
+                &opts,
+                &mut io::BufWriter::new(io::stdout().lock()),
+            )
+        }
+        Some(Command::Top(args)) => {
+            let mut kernel = Kernel::load(&kernel::Options {
+                btf: &cli.btf,
+                ring_bytes: args.kernel.ring_mib << 20,
+                events: true,
+                sockets: true,
+                tcp_events: false,
+                bytes: true,
+                ports: &args.port,
+            })?;
+            let opts = top::Options {
+                json: args.json,
+                filter: trace::Filter {
+                    pids: args.pid,
+                    ports: args.port,
+                    family: family(args.ipv4, args.ipv6),
+                },
+                sort: args.sort,
+                rows: usize::from(args.rows),
+                interval: args.interval,
+                count: args.count,
+                duration: args.duration,
+                no_clear: args.noclear,
+            };
+            top::run(
                 &mut kernel,
                 &opts,
                 &mut io::BufWriter::new(io::stdout().lock()),

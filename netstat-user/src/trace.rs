@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     clock,
-    decode::{Event, Family, StateChangeEvent, decode},
+    decode::{Event, Family, Owner, StateChangeEvent, decode},
     kernel::{Kernel, Lost},
     signals,
     views::trace as view,
@@ -30,15 +30,20 @@ impl Filter {
     /// Whether `ev` passes. A `--pid` filter drops transitions whose owner is
     /// unknown.
     pub fn matches(&self, ev: &StateChangeEvent) -> bool {
-        (self.pids.is_empty()
-            || ev
-                .owner
-                .as_ref()
-                .is_some_and(|o| self.pids.contains(&o.pid)))
-            && (self.ports.is_empty()
-                || self.ports.contains(&ev.lport)
-                || self.ports.contains(&ev.rport))
-            && self.family.is_none_or(|f| f == ev.family)
+        self.matches_socket(ev.owner.as_ref(), ev.family, ev.lport, ev.rport)
+    }
+
+    /// Whether a socket with this owner, family and ports passes.
+    pub fn matches_socket(
+        &self,
+        owner: Option<&Owner>,
+        family: Family,
+        lport: u16,
+        rport: u16,
+    ) -> bool {
+        (self.pids.is_empty() || owner.is_some_and(|o| self.pids.contains(&o.pid)))
+            && (self.ports.is_empty() || self.ports.contains(&lport) || self.ports.contains(&rport))
+            && self.family.is_none_or(|f| f == family)
     }
 }
 

@@ -6,6 +6,7 @@ pub mod life;
 pub mod routes;
 pub mod stats;
 pub mod table;
+pub mod top;
 pub mod trace;
 pub mod unix;
 pub mod watch;

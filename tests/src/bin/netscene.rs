@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! netscene listen ADDR PORT [--accept N] [--close-first] [--delay-ms MS] [--linger-ms MS] [--exchange N]
-//! netscene connect ADDR PORT [--count N] [--wait-eof | --fill | --exchange N]
+//! netscene connect ADDR PORT [--count N] [--wait-eof | --fill | --exchange N | --paced BYTES --ticks N --tick-ms MS]
 //! netscene hold SPEC...
 //! netscene udp ADDR PORT [--count N] [--interval-ms MS]
 //! ```
@@ -17,6 +17,8 @@
 //! server reads. With `--exchange N` (both ends) the client sends N bytes,
 //! the server reads them all and sends N back, the client reads them and
 //! closes first, then the server closes at EOF: a known transfer each way.
+//! With `--paced BYTES` the client sends BYTES every `--tick-ms`, on a
+//! fixed schedule from its start, `--ticks` times, then closes: a known rate.
 //! `udp` sends
 //! `--count` datagrams of 100 bytes, `--interval-ms` apart: known traffic
 //! for the interface counters.
@@ -70,6 +72,12 @@ fn run() -> Result<(), String> {
     match mode.as_str() {
         "listen" if flag("--exchange") => exchange_server(at, value("--exchange", 0)?),
         "connect" if flag("--exchange") => exchange_client(at, value("--exchange", 0)?),
+        "connect" if flag("--paced") => paced_client(
+            at,
+            value("--paced", 0)?,
+            value("--ticks", 1)?,
+            Duration::from_millis(value("--tick-ms", 100)?),
+        ),
         "listen" => listen(
             at,
             value("--accept", 1)?,
@@ -180,6 +188,19 @@ fn exchange_client(at: SocketAddr, n: u64) -> std::io::Result<()> {
     let mut conn = TcpStream::connect(at)?;
     write_bytes(&mut conn, n)?;
     read_exactly(&mut conn, n)?;
+    Ok(())
+}
+
+/// `bytes` every `tick`, `ticks` times, on a schedule that catches up
+/// after a late wake-up, so the rate holds on a busy machine.
+fn paced_client(at: SocketAddr, bytes: u64, ticks: u64, tick: Duration) -> std::io::Result<()> {
+    let mut conn = TcpStream::connect(at)?;
+    let start = std::time::Instant::now();
+    for k in 0..ticks {
+        let due = start + tick * u32::try_from(k).unwrap_or(u32::MAX);
+        thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+        write_bytes(&mut conn, bytes)?;
+    }
     Ok(())
 }
 
