@@ -149,6 +149,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut kernel = Kernel::load(&kernel::Options {
                 btf: &cli.btf,
                 ring_bytes: args.kernel.ring_mib << 20,
+                batch: args.kernel.batch(),
                 events: true,
                 sockets: true,
                 tcp_events: false,
