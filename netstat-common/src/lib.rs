@@ -43,6 +43,30 @@ pub const EVENT_UDP: u32 = 2;
 /// `kind` of a [`TcpEvent`].
 pub const EVENT_TCP: u32 = 3;
 
+/// `kind` of an [`ExecEvent`].
+pub const EVENT_EXEC: u32 = 4;
+
+/// `kind` of a [`ProcEvent`].
+pub const EVENT_PROC: u32 = 5;
+
+/// What a [`ProcEvent`] reports.
+pub mod proc_op {
+    /// A new process (not a thread) was forked: `pid` is the child.
+    pub const FORK: u32 = 1;
+    /// A process's main thread exited.
+    pub const EXIT: u32 = 2;
+}
+
+/// Bytes of [`ExecEvent::exe`] that components may start in; a path
+/// longer than this is cut (and flagged).
+pub const EXE_LIMIT: usize = 512;
+/// The longest component the kernel side copies (`NAME_MAX` + NUL).
+pub const EXE_COMPONENT: usize = 256;
+/// How many components of a path the kernel side walks up at most.
+pub const EXE_DEPTH: u32 = 24;
+/// Bytes of the command line an [`ExecEvent`] carries.
+pub const ARGS_BYTES: usize = 512;
+
 /// What a [`TcpEvent`] reports.
 pub mod tcp_op {
     /// The kernel retransmitted a segment (`tcp:tcp_retransmit_skb`).
@@ -103,10 +127,13 @@ pub struct Owner {
     pub pid: u32,
     /// Real uid of the process.
     pub uid: u32,
+    /// Its cgroup v2 id (the cgroup directory's inode number) at that
+    /// moment; 0 when unknown.
+    pub cgroup: u64,
     /// `comm` of the process, NUL-padded, untrusted.
     pub comm: [u8; 16],
 }
-const _: () = assert!(size_of::<Owner>() == 24);
+const _: () = assert!(size_of::<Owner>() == 32);
 
 /// One TCP state transition, as `sock:inet_sock_set_state` saw it.
 #[repr(C)]
@@ -157,7 +184,7 @@ pub struct StateChange {
     /// Keeps the size a multiple of 8.
     pub _pad: u16,
 }
-const _: () = assert!(size_of::<StateChange>() == 128);
+const _: () = assert!(size_of::<StateChange>() == 136);
 
 /// A retransmit or reset, with the socket's owner when bnetstat knows it.
 #[repr(C)]
@@ -178,7 +205,7 @@ pub struct TcpEvent {
     /// Keeps the size a multiple of 8.
     pub _pad: [u16; 3],
 }
-const _: () = assert!(size_of::<TcpEvent>() == 56);
+const _: () = assert!(size_of::<TcpEvent>() == 64);
 
 /// A UDP socket's bind, connect or close, seen in the caller's syscall.
 #[repr(C)]
@@ -206,7 +233,56 @@ pub struct UdpEvent {
     /// Keeps the size a multiple of 8.
     pub _pad: u16,
 }
-const _: () = assert!(size_of::<UdpEvent>() == 72);
+const _: () = assert!(size_of::<UdpEvent>() == 80);
+
+/// A process image started (`sched_process_exec`), captured at that
+/// moment so a process that exits a millisecond later is still named.
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct ExecEvent {
+    /// Always [`EVENT_EXEC`].
+    pub kind: u32,
+    /// Thread-group id.
+    pub pid: u32,
+    /// `CLOCK_BOOTTIME` in ns.
+    pub ts_ns: u64,
+    /// The process that execs (its comm, uid and cgroup now).
+    pub owner: Owner,
+    /// Thread-group id of its parent (`real_parent`).
+    pub ppid: u32,
+    /// How many bytes of `args` hold the command line: NUL-separated
+    /// arguments, as `/proc/PID/cmdline` has them.
+    pub args_len: u32,
+    /// How many components `exe` holds.
+    pub exe_depth: u32,
+    /// 1 when the path was longer or deeper than the kernel side walks:
+    /// `exe` then holds its last components only.
+    pub exe_cut: u32,
+    /// The executable's path (`mm->exe_file`, what `/proc/PID/exe` shows)
+    /// as NUL-terminated components, file name first, up to its root.
+    /// Untrusted.
+    pub exe: [u8; EXE_LIMIT + EXE_COMPONENT],
+    /// The command line, untrusted.
+    pub args: [u8; ARGS_BYTES],
+}
+const _: () = assert!(size_of::<ExecEvent>() == 64 + EXE_LIMIT + EXE_COMPONENT + ARGS_BYTES);
+
+/// A process forked or exited.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct ProcEvent {
+    /// Always [`EVENT_PROC`].
+    pub kind: u32,
+    /// See [`proc_op`].
+    pub op: u32,
+    /// `CLOCK_BOOTTIME` in ns.
+    pub ts_ns: u64,
+    /// The child for a fork, the process for an exit.
+    pub pid: u32,
+    /// The parent for a fork; 0 for an exit.
+    pub ppid: u32,
+}
+const _: () = assert!(size_of::<ProcEvent>() == 24);
 
 /// Per-socket state the kernel side carries between events.
 #[repr(C)]
@@ -231,7 +307,7 @@ pub struct SockInfo {
     /// Keeps the size a multiple of 8.
     pub _pad: [u8; 6],
 }
-const _: () = assert!(size_of::<SockInfo>() == 64);
+const _: () = assert!(size_of::<SockInfo>() == 72);
 
 /// Key of the listener table: where a listening socket waits.
 #[repr(C)]
@@ -257,7 +333,7 @@ pub struct Listener {
     /// Who listens.
     pub owner: Owner,
 }
-const _: () = assert!(size_of::<Listener>() == 32);
+const _: () = assert!(size_of::<Listener>() == 40);
 
 /// Byte offsets of the kernel struct fields the programs read, taken from
 /// the running kernel's BTF at start-up (Rust eBPF has no CO-RE).
@@ -300,8 +376,36 @@ pub struct Offsets {
     pub task_nsproxy: u32,
     /// `nsproxy.net_ns`.
     pub nsproxy_net_ns: u32,
+    /// `task_struct.pid` (the thread id).
+    pub task_pid: u32,
+    /// `task_struct.real_parent`.
+    pub task_real_parent: u32,
+    /// `task_struct.mm`.
+    pub task_mm: u32,
+    /// `mm_struct.exe_file`.
+    pub mm_exe_file: u32,
+    /// `mm_struct.arg_start`.
+    pub mm_arg_start: u32,
+    /// `mm_struct.arg_end`.
+    pub mm_arg_end: u32,
+    /// `file.f_path.mnt`.
+    pub file_path_mnt: u32,
+    /// `file.f_path.dentry`.
+    pub file_path_dentry: u32,
+    /// `dentry.d_parent`.
+    pub dentry_parent: u32,
+    /// `dentry.d_name.name`.
+    pub dentry_name: u32,
+    /// `vfsmount.mnt_root`.
+    pub vfsmount_root: u32,
+    /// `mount.mnt`: where the `vfsmount` sits inside its `struct mount`.
+    pub mount_mnt: u32,
+    /// `mount.mnt_parent`.
+    pub mount_parent: u32,
+    /// `mount.mnt_mountpoint`.
+    pub mount_mountpoint: u32,
 }
-const _: () = assert!(size_of::<Offsets>() == 72);
+const _: () = assert!(size_of::<Offsets>() == 128);
 
 /// An open socket file of a process, as the `iter/task_file` walk finds it.
 #[repr(C)]

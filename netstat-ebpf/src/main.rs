@@ -23,6 +23,7 @@
     reason = "atomic_xadd for the per-socket byte counters"
 )]
 
+mod procs;
 mod stats;
 mod udp;
 
@@ -32,7 +33,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
-        generated::{bpf_get_socket_cookie, bpf_seq_write},
+        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_seq_write},
     },
     macros::{btf_tracepoint, map},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -94,6 +95,20 @@ pub(crate) static OFFSETS: Offsets = Offsets {
     sk_err: 0,
     task_nsproxy: 0,
     nsproxy_net_ns: 0,
+    task_pid: 0,
+    task_real_parent: 0,
+    task_mm: 0,
+    mm_exe_file: 0,
+    mm_arg_start: 0,
+    mm_arg_end: 0,
+    file_path_mnt: 0,
+    file_path_dentry: 0,
+    dentry_parent: 0,
+    dentry_name: 0,
+    vfsmount_root: 0,
+    mount_mnt: 0,
+    mount_parent: 0,
+    mount_mountpoint: 0,
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -344,6 +359,8 @@ pub(crate) fn current_owner() -> Owner {
     Owner {
         pid: (bpf_get_current_pid_tgid() >> 32) as u32,
         uid: bpf_get_current_uid_gid() as u32,
+        // SAFETY: a helper call with no arguments to check.
+        cgroup: unsafe { bpf_get_current_cgroup_id() },
         comm: bpf_get_current_comm().unwrap_or_default(),
     }
 }

@@ -9,8 +9,9 @@ use std::{
 };
 
 use netstat_common::{
-    AF_INET, AF_INET6, EVENT_STATE_CHANGE, EVENT_TCP, EVENT_UDP, Owner as RawOwner, StateChange,
-    TcpEvent, UdpEvent, closer, tcp_op, tcp_state, udp_op,
+    AF_INET, AF_INET6, EVENT_EXEC, EVENT_PROC, EVENT_STATE_CHANGE, EVENT_TCP, EVENT_UDP, ExecEvent,
+    Owner as RawOwner, ProcEvent, StateChange, TcpEvent, UdpEvent, closer, proc_op, tcp_op,
+    tcp_state, udp_op,
 };
 
 /// A TCP state, named as netstat prints it.
@@ -107,6 +108,8 @@ pub struct Owner {
     pub uid: u32,
     /// Raw `comm` from the kernel: untrusted, escape before printing.
     pub comm: String,
+    /// Its cgroup v2 id when the kernel side saw it act; 0 when unknown.
+    pub cgroup: u64,
 }
 
 /// One TCP state transition.
@@ -211,12 +214,39 @@ pub struct UdpSocketEvent {
     pub owner: Option<Owner>,
 }
 
+/// A process started a new program, as the kernel saw it at exec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecInfo {
+    pub ts_ns: u64,
+    /// The process (pid, uid, comm and cgroup after the exec).
+    pub owner: Owner,
+    pub ppid: u32,
+    /// The executable's full path, as `/proc/PID/exe` shows it; `None`
+    /// when the kernel side could not walk it. A path too long to walk
+    /// whole starts with `...`. Untrusted.
+    pub exe: Option<String>,
+    /// The arguments, as `/proc/PID/cmdline` has them (at most
+    /// [`netstat_common::ARGS_BYTES`] bytes of them). Untrusted.
+    pub args: Vec<String>,
+}
+
+/// A process forked or exited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcChange {
+    /// `pid` was forked by `ppid` (a process, not a thread).
+    Fork { pid: u32, ppid: u32 },
+    /// `pid`'s main thread exited.
+    Exit { pid: u32 },
+}
+
 /// Everything the kernel side sends.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     StateChange(StateChangeEvent),
     Udp(UdpSocketEvent),
     Tcp(TcpOpEvent),
+    Exec(ExecInfo),
+    Proc { ts_ns: u64, change: ProcChange },
 }
 
 /// Why a record could not be decoded.
@@ -233,6 +263,7 @@ pub enum DecodeError {
     BadFamily(u16),
     BadUdpOp(u16),
     BadTcpOp(u32),
+    BadProcOp(u32),
 }
 
 impl fmt::Display for DecodeError {
@@ -246,6 +277,7 @@ impl fmt::Display for DecodeError {
             DecodeError::BadFamily(x) => write!(f, "unknown address family {x}"),
             DecodeError::BadUdpOp(x) => write!(f, "unknown UDP operation {x}"),
             DecodeError::BadTcpOp(x) => write!(f, "unknown TCP event {x}"),
+            DecodeError::BadProcOp(x) => write!(f, "unknown process event {x}"),
         }
     }
 }
@@ -274,8 +306,71 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
             let raw: TcpEvent = copy_out(kind, record)?;
             tcp(&raw).map(Event::Tcp)
         }
+        EVENT_EXEC => {
+            let raw: ExecEvent = copy_out(kind, record)?;
+            Ok(Event::Exec(exec(&raw)))
+        }
+        EVENT_PROC => {
+            let raw: ProcEvent = copy_out(kind, record)?;
+            let change = match raw.op {
+                proc_op::FORK => ProcChange::Fork {
+                    pid: raw.pid,
+                    ppid: raw.ppid,
+                },
+                proc_op::EXIT => ProcChange::Exit { pid: raw.pid },
+                other => return Err(DecodeError::BadProcOp(other)),
+            };
+            Ok(Event::Proc {
+                ts_ns: raw.ts_ns,
+                change,
+            })
+        }
         other => Err(DecodeError::UnknownKind(other)),
     }
+}
+
+fn exec(raw: &ExecEvent) -> ExecInfo {
+    let depth = raw.exe_depth as usize;
+    // Components come file name first, each NUL-terminated.
+    let mut parts: Vec<String> = raw
+        .exe
+        .split(|&b| b == 0)
+        .take(depth)
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    parts.reverse();
+    // No name is empty: an empty one is past what the kernel side wrote.
+    let whole = parts.len() == depth && parts.iter().all(|p| !p.is_empty());
+    let exe = (whole && depth > 0).then(|| {
+        let lead = if raw.exe_cut != 0 { "..." } else { "" };
+        format!("{lead}/{}", parts.join("/"))
+    });
+    let len = (raw.args_len as usize).min(raw.args.len());
+    ExecInfo {
+        ts_ns: raw.ts_ns,
+        owner: Owner {
+            pid: raw.pid,
+            uid: raw.owner.uid,
+            comm: comm_string(&raw.owner.comm),
+            cgroup: raw.owner.cgroup,
+        },
+        ppid: raw.ppid,
+        exe,
+        args: split_args(&raw.args[..len]),
+    }
+}
+
+/// NUL-separated arguments, as `/proc/PID/cmdline` and the kernel side
+/// give them, lossily as UTF-8 (still to be escaped).
+pub fn split_args(bytes: &[u8]) -> Vec<String> {
+    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    bytes
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
 }
 
 fn tcp(raw: &TcpEvent) -> Result<TcpOpEvent, DecodeError> {
@@ -330,6 +425,7 @@ fn owner(raw: &RawOwner) -> Option<Owner> {
         pid: raw.pid,
         uid: raw.uid,
         comm: comm_string(&raw.comm),
+        cgroup: raw.cgroup,
     })
 }
 
@@ -414,6 +510,7 @@ pub(crate) mod tests {
             owner: RawOwner {
                 pid: 42,
                 uid: 1000,
+                cgroup: 0,
                 comm,
             },
             sport: 40000,
@@ -578,6 +675,7 @@ pub(crate) mod tests {
             owner: RawOwner {
                 pid: 5,
                 uid: 0,
+                cgroup: 0,
                 comm,
             },
             port: 53,
@@ -595,6 +693,105 @@ pub(crate) mod tests {
         assert_eq!(ev.owner.map(|o| o.comm), Some("dig".into()));
         let bad = UdpEvent { op: 9, ..raw };
         assert_eq!(decode(&bytes_of(&bad)), Err(DecodeError::BadUdpOp(9)));
+    }
+
+    fn raw_exec(components: &[&[u8]], cut: u32, args: &[u8]) -> ExecEvent {
+        let mut raw = ExecEvent {
+            kind: EVENT_EXEC,
+            pid: 300,
+            ts_ns: 9,
+            owner: RawOwner {
+                pid: 300,
+                uid: 65534,
+                cgroup: 77,
+                comm: *b"short-lived\0\0\0\0\0",
+            },
+            ppid: 299,
+            args_len: args.len() as u32,
+            exe_depth: components.len() as u32,
+            exe_cut: cut,
+            exe: [0; netstat_common::EXE_LIMIT + netstat_common::EXE_COMPONENT],
+            args: [0; netstat_common::ARGS_BYTES],
+        };
+        let mut at = 0;
+        for c in components {
+            raw.exe[at..at + c.len()].copy_from_slice(c);
+            at += c.len() + 1;
+        }
+        raw.args[..args.len()].copy_from_slice(args);
+        raw
+    }
+
+    #[test]
+    fn an_exec_names_the_whole_path_root_first_and_every_argument() {
+        let raw = raw_exec(
+            &[b"short-lived", b"tmp", b"x"],
+            0,
+            b"./short-lived\0--port\08080\0",
+        );
+        let Ok(Event::Exec(ev)) = decode(&bytes_of(&raw)) else {
+            panic!("decodes")
+        };
+        assert_eq!(ev.exe.as_deref(), Some("/x/tmp/short-lived"));
+        assert_eq!(ev.args, ["./short-lived", "--port", "8080"]);
+        assert_eq!(
+            (ev.owner.pid, ev.ppid, ev.owner.uid, ev.owner.cgroup),
+            (300, 299, 65534, 77)
+        );
+        assert_eq!(ev.owner.comm, "short-lived");
+    }
+
+    #[test]
+    fn a_cut_or_unwalked_exe_path_says_so() {
+        let raw = raw_exec(&[b"bin", b"deep"], 1, b"");
+        let Ok(Event::Exec(ev)) = decode(&bytes_of(&raw)) else {
+            panic!("decodes")
+        };
+        assert_eq!(ev.exe.as_deref(), Some(".../deep/bin"));
+        assert!(ev.args.is_empty());
+        let none = raw_exec(&[], 0, b"a");
+        let Ok(Event::Exec(ev)) = decode(&bytes_of(&none)) else {
+            panic!("decodes")
+        };
+        assert_eq!((ev.exe, ev.args), (None, vec!["a".to_owned()]));
+        // A depth the buffer does not hold is not made up.
+        let mut lying = raw_exec(&[b"a"], 0, b"");
+        lying.exe_depth = 3;
+        let Ok(Event::Exec(ev)) = decode(&bytes_of(&lying)) else {
+            panic!("decodes")
+        };
+        assert_eq!(ev.exe, None);
+    }
+
+    #[test]
+    fn forks_and_exits_decode_and_an_unknown_one_is_an_error() {
+        let raw = ProcEvent {
+            kind: EVENT_PROC,
+            op: proc_op::FORK,
+            ts_ns: 3,
+            pid: 11,
+            ppid: 10,
+        };
+        assert_eq!(
+            decode(&bytes_of(&raw)),
+            Ok(Event::Proc {
+                ts_ns: 3,
+                change: ProcChange::Fork { pid: 11, ppid: 10 }
+            })
+        );
+        let exit = ProcEvent {
+            op: proc_op::EXIT,
+            ..raw
+        };
+        assert_eq!(
+            decode(&bytes_of(&exit)),
+            Ok(Event::Proc {
+                ts_ns: 3,
+                change: ProcChange::Exit { pid: 11 }
+            })
+        );
+        let bad = ProcEvent { op: 7, ..raw };
+        assert_eq!(decode(&bytes_of(&bad)), Err(DecodeError::BadProcOp(7)));
     }
 
     #[test]

@@ -36,6 +36,12 @@ const TCP_EVENT_TRACEPOINTS: &[&str] =
 /// Bytes through `sendmsg`/`recvmsg`, for `life` and `top`: they run on
 /// every send and receive of every socket, so only those pay for them.
 const BYTE_TRACEPOINTS: &[&str] = &["sock_send_length", "sock_recv_length"];
+/// Processes' execs, forks and exits, for what `audit` says of each owner.
+const PROC_TRACEPOINTS: &[&str] = &[
+    "sched_process_exec",
+    "sched_process_fork",
+    "sched_process_exit",
+];
 /// UDP hooks on `struct bpf_sock` (bind, release).
 const UDP_SOCK_HOOKS: [&str; 3] = ["udp_bind4", "udp_bind6", "udp_release"];
 /// UDP hooks on `struct bpf_sock_addr` (connect).
@@ -63,6 +69,9 @@ pub struct Options<'a> {
     pub tcp_events: bool,
     /// With `events`: count each socket's bytes sent and received.
     pub bytes: bool,
+    /// With `events`: processes' execs (program and command line), forks
+    /// and exits.
+    pub procs: bool,
     /// Follow only TCP sockets with one of these ports at either end; every
     /// socket when empty or when there are more than the kernel side holds.
     pub ports: &'a [u16],
@@ -108,6 +117,7 @@ impl Kernel {
             let extra = [
                 (opts.tcp_events, TCP_EVENT_TRACEPOINTS),
                 (opts.bytes, BYTE_TRACEPOINTS),
+                (opts.procs, PROC_TRACEPOINTS),
             ];
             for name in extra.iter().filter(|(on, _)| *on).flat_map(|(_, n)| *n) {
                 // Each program is named after its tracepoint.

@@ -127,6 +127,7 @@ fn run(cli: Cli) -> Result<()> {
                 sockets: false,
                 tcp_events: false,
                 bytes: true,
+                procs: false,
                 ports: &args.port,
             })?;
             let opts = life::Options {
@@ -154,6 +155,7 @@ fn run(cli: Cli) -> Result<()> {
                 sockets: true,
                 tcp_events: false,
                 bytes: true,
+                procs: false,
                 ports: &args.port,
             })?;
             let opts = top::Options {
@@ -222,6 +224,7 @@ fn stats_command(cli: &Cli) -> Result<()> {
             sockets: false,
             tcp_events: true,
             bytes: false,
+            procs: false,
             ports: &[],
         })?)
     } else {
@@ -266,6 +269,7 @@ fn load_kernel(
         sockets,
         tcp_events: false,
         bytes: false,
+        procs: false,
         ports,
     })
 }

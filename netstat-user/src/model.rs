@@ -130,7 +130,7 @@ impl Model {
         match event {
             Event::StateChange(ev) => self.state_change(ev),
             Event::Udp(ev) => self.udp(ev),
-            Event::Tcp(_) => Change::Nothing,
+            Event::Tcp(_) | Event::Exec(_) | Event::Proc { .. } => Change::Nothing,
         }
     }
 
@@ -279,6 +279,7 @@ mod tests {
             pid,
             uid: 1000,
             comm: comm.into(),
+            cgroup: 0,
         })
     }
 

@@ -46,6 +46,20 @@ pub fn load(path: &Path) -> Result<Offsets> {
         sk_err: at("sock", "sk_err")?,
         task_nsproxy: at("task_struct", "nsproxy")?,
         nsproxy_net_ns: at("nsproxy", "net_ns")?,
+        task_pid: at("task_struct", "pid")?,
+        task_real_parent: at("task_struct", "real_parent")?,
+        task_mm: at("task_struct", "mm")?,
+        mm_exe_file: at("mm_struct", "exe_file")?,
+        mm_arg_start: at("mm_struct", "arg_start")?,
+        mm_arg_end: at("mm_struct", "arg_end")?,
+        file_path_mnt: at("file", "f_path.mnt")?,
+        file_path_dentry: at("file", "f_path.dentry")?,
+        dentry_parent: at("dentry", "d_parent")?,
+        dentry_name: at("dentry", "d_name.name")?,
+        vfsmount_root: at("vfsmount", "mnt_root")?,
+        mount_mnt: at("mount", "mnt")?,
+        mount_parent: at("mount", "mnt_parent")?,
+        mount_mountpoint: at("mount", "mnt_mountpoint")?,
     })
 }
 

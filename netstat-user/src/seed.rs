@@ -112,6 +112,7 @@ fn owners_by_inode(files: &[SocketFile]) -> HashMap<u64, Owner> {
             pid: f.pid,
             uid: 0,
             comm: comm_string(&f.comm),
+            cgroup: 0,
         };
         owners
             .entry(f.ino)
@@ -200,6 +201,7 @@ fn raw_owner(o: &Owner) -> RawOwner {
     RawOwner {
         pid: o.pid,
         uid: o.uid,
+        cgroup: o.cgroup,
         comm,
     }
 }
@@ -259,6 +261,7 @@ mod tests {
             pid: 9,
             uid: 0,
             comm: "sshd".into(),
+            cgroup: 0,
         };
         let mut d = diag(10);
         d.uid = 1000;
@@ -298,6 +301,7 @@ mod tests {
             pid: 1,
             uid: 2,
             comm: "a-very-long-process-name".into(),
+            cgroup: 0,
         });
         assert_eq!(&raw.comm[..15], b"a-very-long-pro");
         assert_eq!(raw.comm[15], 0);

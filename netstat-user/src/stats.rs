@@ -172,7 +172,7 @@ impl EventCounts {
         let (family, owner) = match event {
             Event::StateChange(ev) => (Some(ev.family), &ev.owner),
             Event::Tcp(ev) => (ev.family, &ev.owner),
-            Event::Udp(_) => return,
+            Event::Udp(_) | Event::Exec(_) | Event::Proc { .. } => return,
         };
         // A reset sent for no socket has no family: it counts only when
         // both families are shown.
@@ -198,7 +198,7 @@ impl EventCounts {
                     TcpOp::SendReset => counts.resets_sent += 1,
                     TcpOp::ReceiveReset => counts.resets_received += 1,
                 },
-                Event::Udp(_) => {}
+                Event::Udp(_) | Event::Exec(_) | Event::Proc { .. } => {}
             }
         }
     }

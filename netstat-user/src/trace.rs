@@ -136,7 +136,9 @@ impl<W: Write> Sink<'_, W> {
     fn record(&mut self, record: &[u8]) -> io::Result<()> {
         let ev = match decode(record) {
             Ok(Event::StateChange(ev)) => ev,
-            Ok(Event::Udp(_) | Event::Tcp(_)) => return Ok(()),
+            Ok(Event::Udp(_) | Event::Tcp(_) | Event::Exec(_) | Event::Proc { .. }) => {
+                return Ok(());
+            }
             Err(_) => {
                 self.undecodable += 1;
                 return Ok(());

@@ -169,6 +169,7 @@ mod tests {
                 pid: 9,
                 uid: 0,
                 comm: "evil\x1b[2J".into(),
+                cgroup: 0,
             }),
         }));
         (kernel, ev)

@@ -354,6 +354,7 @@ mod tests {
                 pid: 42,
                 uid: 0,
                 comm: "srv".into(),
+                cgroup: 0,
             }),
             uid: Some(0),
             inode: Some(1234),

@@ -185,6 +185,7 @@ mod tests {
             pid: 42,
             uid: 0,
             comm: comm.into(),
+            cgroup: 0,
         });
         let conn = |sock, rx_bytes| ConnRow {
             sock,

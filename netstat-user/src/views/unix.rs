@@ -162,6 +162,7 @@ mod tests {
             pid: 1,
             uid: 0,
             comm: "init".into(),
+            cgroup: 0,
         });
         vec![
             (

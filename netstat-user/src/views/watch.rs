@@ -769,6 +769,7 @@ mod tests {
             pid,
             uid: 0,
             comm: comm.into(),
+            cgroup: 0,
         })
     }
 
