@@ -163,6 +163,58 @@ pub enum Command {
     /// connections, every interval, like tcptop.
     #[command(after_help = TOP_EXAMPLES)]
     Top(TopArgs),
+    /// One record per port event (listen, stop listening, UDP bind and
+    /// close, and connects) with the process's executable, command line,
+    /// user, cgroup and namespace, captured in the kernel as it happens.
+    #[command(after_help = AUDIT_EXAMPLES)]
+    Audit(AuditArgs),
+}
+
+const AUDIT_EXAMPLES: &str = "\
+Examples:
+  bnetstat audit                                   listeners and UDP binds as they happen
+  bnetstat audit --connects --json                 connects too, one JSON object per line
+  bnetstat audit --json --output /var/log/bnetstat/audit.jsonl
+                                                   append to a file; SIGHUP re-opens it
+  bnetstat audit --expect ports.allow --fail-on-unexpected --duration 60
+                                                   flag listeners not on the list, exit 1 if any
+
+Listeners and bound UDP sockets open at start-up come first, marked existing.
+An --expect file has one rule a line: PROGRAM PROTO PORTS, e.g.
+  /usr/sbin/sshd  tcp   22
+  nginx           tcp   80,443
+  *               udp   5353
+  app             tcp6  8000-8099
+PROGRAM is a full path, a program name (comm or the executable's file name)
+or *; PROTO tcp, udp, tcp4, udp4, tcp6 or udp6; PORTS a list of ports and
+ranges, or *.";
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Record outgoing TCP and UDP connects too.
+    #[arg(long)]
+    pub connects: bool,
+    /// Append records to FILE instead of printing them; SIGHUP re-opens it.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Expected listeners: records that open a port not on the list are
+    /// flagged unexpected and counted.
+    #[arg(long, value_name = "FILE")]
+    pub expect: Option<PathBuf>,
+    /// Exit non-zero at the end when a record was unexpected.
+    #[arg(long, requires = "expect")]
+    pub fail_on_unexpected: bool,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub duration: Option<Duration>,
+    /// Stop after this many records.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
 }
 
 const TOP_EXAMPLES: &str = "\

@@ -346,7 +346,7 @@ fn attach_udp_hooks(ebpf: &mut Ebpf) -> Result<()> {
 
 /// Where cgroup v2 is mounted: `/sys/fs/cgroup` on most systems,
 /// `/sys/fs/cgroup/unified` on hybrid ones.
-fn cgroup2_root() -> Result<PathBuf> {
+pub fn cgroup2_root() -> Result<PathBuf> {
     let mounts =
         std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
     mounts

@@ -8,19 +8,25 @@
 //! `-r`) come from rtnetlink: `netlink` -> `links`, `routes` -> `tables` ->
 //! `views`; `-s` reads the kernel's MIB files and counts events in `stats`.
 
+mod audit;
+mod cgroups;
 mod cli;
 mod clock;
 mod connections;
 mod decode;
 mod escape;
+mod expect;
 mod kernel;
 mod life;
 mod links;
+mod logfile;
 mod model;
 mod names;
 mod netlink;
 mod netns;
 mod offsets;
+mod procs;
+mod records;
 mod routes;
 mod seed;
 mod signals;
@@ -173,6 +179,44 @@ fn run(cli: Cli) -> Result<()> {
                 no_clear: args.noclear,
             };
             top::run(
+                &mut kernel,
+                &opts,
+                &mut io::BufWriter::new(io::stdout().lock()),
+            )
+        }
+        Some(Command::Audit(args)) => {
+            let expect = match &args.expect {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    Some(
+                        expect::Expected::parse(&text)
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                    )
+                }
+                None => None,
+            };
+            let mut kernel = Kernel::load(&kernel::Options {
+                btf: &cli.btf,
+                ring_bytes: args.kernel.ring_mib << 20,
+                batch: args.kernel.batch(),
+                events: true,
+                sockets: true,
+                tcp_events: false,
+                bytes: false,
+                procs: true,
+                ports: &[],
+            })?;
+            let opts = audit::Options {
+                json: args.json,
+                connects: args.connects,
+                output: args.output,
+                expect,
+                fail_on_unexpected: args.fail_on_unexpected,
+                duration: args.duration,
+                count: args.count,
+            };
+            audit::run(
                 &mut kernel,
                 &opts,
                 &mut io::BufWriter::new(io::stdout().lock()),

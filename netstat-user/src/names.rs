@@ -213,7 +213,7 @@ fn parse_services(text: &str) -> HashMap<(u16, Proto), String> {
 }
 
 /// `/etc/passwd`: user names by uid.
-fn users() -> HashMap<u32, String> {
+pub fn users() -> HashMap<u32, String> {
     let text = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     text.lines()
         .filter_map(|l| {

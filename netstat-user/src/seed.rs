@@ -8,10 +8,11 @@ use anyhow::{Context as _, Result};
 use netstat_common::{AF_INET, AF_INET6, ListenKey, Listener, Owner as RawOwner, SocketFile};
 
 use crate::{
-    decode::{Family, Owner, TcpState, comm_string},
+    decode::{Family, Owner, TcpState, comm_string, split_args},
     kernel::Kernel,
     model::{Sock, Timer, TimerKind},
     netns,
+    procs::Process,
     sockdiag::{self, DiagSocket, Proto},
 };
 
@@ -74,6 +75,53 @@ pub fn take(kernel: &mut Kernel, now_ns: u64, scope: &Scope) -> Result<Vec<(u64,
             .collect::<Vec<_>>(),
     )?;
     Ok(rows)
+}
+
+/// Every process running now, read once from `/proc` at start-up: later
+/// ones are told of by the kernel side's exec and fork events.
+pub fn processes() -> Vec<(u32, Process)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        // Gone while we look: its events, if any, say the rest.
+        .filter_map(|pid| Some((pid, process(pid)?)))
+        .collect()
+}
+
+fn process(pid: u32) -> Option<Process> {
+    let dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    let exe = std::fs::read_link(dir.join("exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    let args = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+    let cgroup = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
+    Some(Process::existing(
+        parent_pid(&stat)?,
+        exe,
+        split_args(&args),
+        unified_cgroup(&cgroup),
+    ))
+}
+
+/// The parent's pid from `/proc/PID/stat`: the second field after the
+/// `(comm)`, which may itself hold spaces and parentheses.
+fn parent_pid(stat: &str) -> Option<u32> {
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The cgroup v2 path from `/proc/PID/cgroup` (its `0::` line).
+fn unified_cgroup(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
 }
 
 /// Every UNIX socket in bnetstat's own network namespace with its owner.
@@ -293,6 +341,37 @@ mod tests {
         assert!(key.addr[4..].iter().all(|&b| b == 0));
         s.laddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
         assert_eq!(listen_key(&s).family, AF_INET6);
+    }
+
+    #[test]
+    fn a_parent_pid_is_found_past_a_comm_with_spaces_and_parentheses() {
+        assert_eq!(parent_pid("42 (a b) c) S 7 42 42 0"), Some(7));
+        assert_eq!(parent_pid("garbage"), None);
+    }
+
+    #[test]
+    fn the_unified_cgroup_is_the_zero_line() {
+        let text = "12:pids:/user.slice\n1:name=systemd:/x\n0::/user.slice/session-1.scope\n";
+        assert_eq!(
+            unified_cgroup(text).as_deref(),
+            Some("/user.slice/session-1.scope")
+        );
+        assert_eq!(unified_cgroup("1:cpu:/\n"), None);
+    }
+
+    #[test]
+    fn this_process_is_among_the_processes() {
+        let me = std::process::id();
+        let found = processes().into_iter().find(|(pid, _)| *pid == me);
+        let (_, p) = found.expect("this process");
+        assert_eq!(p.ppid, std::os::unix::process::parent_id());
+        assert_eq!(
+            p.exe.as_deref(),
+            std::env::current_exe()
+                .ok()
+                .as_deref()
+                .and_then(|e| e.to_str())
+        );
     }
 
     #[test]

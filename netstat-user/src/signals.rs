@@ -1,4 +1,5 @@
-//! Stop requests from SIGINT and SIGTERM, as a flag the run loops poll.
+//! Stop requests from SIGINT and SIGTERM, and re-open requests from SIGHUP,
+//! as flags the run loops poll.
 
 use std::{
     io,
@@ -6,19 +7,29 @@ use std::{
 };
 
 static STOP: AtomicBool = AtomicBool::new(false);
+static HANGUP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_stop(_: libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
 }
 
-/// Routes SIGINT and SIGTERM to [`stop_requested`]. Without `SA_RESTART`, so
-/// a blocked `poll` returns at once.
+extern "C" fn on_hangup(_: libc::c_int) {
+    HANGUP.store(true, Ordering::Relaxed);
+}
+
+/// Routes SIGINT and SIGTERM to [`stop_requested`], SIGHUP to
+/// [`take_hangup`]. Without `SA_RESTART`, so a blocked `poll` returns at once.
 pub fn install() -> io::Result<()> {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    let handlers: [(libc::c_int, extern "C" fn(libc::c_int)); 3] = [
+        (libc::SIGINT, on_stop),
+        (libc::SIGTERM, on_stop),
+        (libc::SIGHUP, on_hangup),
+    ];
+    for (sig, handler) in handlers {
         // SAFETY: a zeroed sigaction with a handler that only stores an atomic.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_stop as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_sigaction = handler as libc::sighandler_t;
             libc::sigemptyset(&mut action.sa_mask);
             if libc::sigaction(sig, &action, std::ptr::null_mut()) != 0 {
                 return Err(io::Error::last_os_error());
@@ -31,4 +42,9 @@ pub fn install() -> io::Result<()> {
 /// Whether SIGINT or SIGTERM has arrived.
 pub fn stop_requested() -> bool {
     STOP.load(Ordering::Relaxed)
+}
+
+/// Whether SIGHUP has arrived since the last call.
+pub fn take_hangup() -> bool {
+    HANGUP.swap(false, Ordering::Relaxed)
 }

@@ -254,6 +254,12 @@ impl Bnetstat {
         self.wait()
     }
 
+    /// Sends `sig` to bnetstat.
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+
     /// Waits for bnetstat to exit by itself.
     pub fn wait(mut self) -> Output {
         let status = wait_timeout(&mut self.child, Duration::from_secs(30), "bnetstat");

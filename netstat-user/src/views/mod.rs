@@ -1,6 +1,7 @@
 //! Everything bnetstat prints. Views read events and models; they never
 //! change them.
 
+pub mod audit;
 pub mod interfaces;
 pub mod life;
 pub mod routes;
