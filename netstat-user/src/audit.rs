@@ -163,7 +163,10 @@ pub fn run(kernel: &mut Kernel, opts: &Options, stdout: &mut impl Write) -> Resu
             audit.written, audit.unexpected
         );
         if opts.fail_on_unexpected && audit.unexpected > 0 {
-            bail!("{} records broke the expected listeners", audit.unexpected);
+            bail!(
+                "records that broke the expected listeners: {}",
+                audit.unexpected
+            );
         }
     }
     Ok(())
