@@ -133,6 +133,8 @@ fn bench(root: &Path, smoke: bool) -> Result<()> {
         bail!("the bench loads eBPF programs and runs tcpstates: run it as root");
     }
     setup(BENCH_PACKAGES)?;
+    // libbpf-tools attach classic tracepoints, which need tracefs.
+    tracefs()?;
     // One cargo call for both: no second lock wait or resolve.
     cargo(&[
         "build",
@@ -307,6 +309,18 @@ fn debian_packages(packages: &[&str]) -> Result<()> {
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Mounts tracefs where libbpf looks for it, unless it is there already.
+fn tracefs() -> Result<()> {
+    const TRACEFS: &str = "/sys/kernel/tracing";
+    if Path::new(TRACEFS).join("events").is_dir() {
+        return Ok(());
+    }
+    step(
+        &format!("mounting tracefs on {TRACEFS}"),
+        Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]),
     )
 }
 

@@ -262,16 +262,31 @@ fn measure(config: Config, plan: &Plan, tools: &Tools) -> Result<Run> {
             // buffer flushed only at exit, so for them: a BPF link and the
             // epoll their perf buffer is read through, which they create
             // after attaching.
+            let mut guard = guard;
             let pid = guard.pid();
+            let mut exited = None;
             wait_until(
                 &format!("{program} to start"),
                 Duration::from_secs(60),
-                || match config {
-                    Config::Trace => fs::read_to_string(&err).is_ok_and(|s| s.contains("Tracing")),
-                    Config::Model => file_len(&out) > 0,
-                    _ => has_fds(pid, &["anon_inode:bpf_link", "anon_inode:[eventpoll]"]),
+                || {
+                    exited = guard.0.try_wait().ok().flatten();
+                    exited.is_some()
+                        || match config {
+                            Config::Trace => {
+                                fs::read_to_string(&err).is_ok_and(|s| s.contains("Tracing"))
+                            }
+                            Config::Model => file_len(&out) > 0,
+                            _ => has_fds(pid, &["anon_inode:bpf_link", "anon_inode:[eventpoll]"]),
+                        }
                 },
             )?;
+            if let Some(status) = exited {
+                let said = fs::read_to_string(&err).unwrap_or_default();
+                bail!(
+                    "{program} exited ({status}) before it was attached: {}",
+                    said.lines().last().unwrap_or("it said nothing")
+                );
+            }
             Watcher::Process { guard, out, err }
         }
         (_, None) => Watcher::Nothing,
