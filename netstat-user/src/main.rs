@@ -313,7 +313,8 @@ fn load_kernel(
         sockets,
         tcp_events: false,
         bytes: false,
-        procs: false,
+        // A live table renames a process's rows when it execs.
+        procs: events && sockets,
         ports,
     })
 }

@@ -14,12 +14,15 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BinaryHeap, HashMap},
+    collections::{BinaryHeap, HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use crate::{
-    decode::{Event, Family, Owner, StateChangeEvent, TcpState, UdpOp, UdpSocketEvent},
+    decode::{
+        Event, ExecInfo, Family, Owner, ProcChange, StateChangeEvent, TcpState, UdpOp,
+        UdpSocketEvent,
+    },
     sockdiag::Proto,
 };
 
@@ -94,6 +97,12 @@ pub struct Model {
     socks: HashMap<u64, Sock>,
     /// `TIME_WAIT` rows by expiry: no event marks their end.
     expiries: BinaryHeap<Reverse<(u64, u64)>>,
+    /// Rows by owner pid, so an exec renames its rows without a scan.
+    by_pid: HashMap<u32, HashSet<u64>>,
+    /// The names pids exec'd into since bnetstat started, until they exit:
+    /// the kernel side keeps the name an owner had when it opened the
+    /// socket, and later events still carry that one.
+    renamed: HashMap<u32, String>,
 }
 
 impl Model {
@@ -102,7 +111,67 @@ impl Model {
         if let Some(at) = sock.expires_ns {
             self.expiries.push(Reverse((at, cookie)));
         }
-        self.socks.insert(cookie, sock);
+        self.insert(cookie, sock);
+    }
+
+    /// Adds or replaces a row, keeping the pid index.
+    fn insert(&mut self, cookie: u64, sock: Sock) {
+        let pid = sock.owner.as_ref().map(|o| o.pid);
+        let before = self
+            .socks
+            .insert(cookie, sock)
+            .and_then(|old| old.owner.map(|o| o.pid));
+        self.reindex(cookie, before, pid);
+    }
+
+    /// Removes a row, keeping the pid index.
+    fn remove(&mut self, cookie: u64) -> Option<Sock> {
+        let sock = self.socks.remove(&cookie)?;
+        self.reindex(cookie, sock.owner.as_ref().map(|o| o.pid), None);
+        Some(sock)
+    }
+
+    /// Moves `cookie` in the pid index from `before` to `after`.
+    fn reindex(&mut self, cookie: u64, before: Option<u32>, after: Option<u32>) {
+        if before == after {
+            return;
+        }
+        if let Some(pid) = before
+            && let Some(set) = self.by_pid.get_mut(&pid)
+        {
+            set.remove(&cookie);
+            if set.is_empty() {
+                self.by_pid.remove(&pid);
+            }
+        }
+        if let Some(pid) = after {
+            self.by_pid.entry(pid).or_default().insert(cookie);
+        }
+    }
+
+    /// The pid of `cookie`'s owner, if it has a row and an owner.
+    fn owner_pid(&self, cookie: u64) -> Option<u32> {
+        self.socks.get(&cookie)?.owner.as_ref().map(|o| o.pid)
+    }
+
+    /// An event's owner under the name its pid exec'd into, if it did.
+    fn named(&self, owner: &Option<Owner>) -> Option<Owner> {
+        let mut owner = owner.clone()?;
+        if let Some(name) = self.renamed.get(&owner.pid) {
+            owner.comm.clone_from(name);
+        }
+        Some(owner)
+    }
+
+    /// A process started a new program: its rows take the new name.
+    fn exec(&mut self, ev: &ExecInfo) {
+        let pid = ev.owner.pid;
+        for cookie in self.by_pid.get(&pid).into_iter().flatten() {
+            if let Some(owner) = self.socks.get_mut(cookie).and_then(|s| s.owner.as_mut()) {
+                owner.comm.clone_from(&ev.owner.comm);
+            }
+        }
+        self.renamed.insert(pid, ev.owner.comm.clone());
     }
 
     /// Drops the `TIME_WAIT` rows that have expired by `now_ns`
@@ -119,7 +188,7 @@ impl Model {
                 .get(&cookie)
                 .is_some_and(|s| s.expires_ns == Some(at))
             {
-                gone.extend(self.socks.remove_entry(&cookie));
+                gone.extend(self.remove(cookie).map(|s| (cookie, s)));
             }
         }
         gone
@@ -130,14 +199,24 @@ impl Model {
         match event {
             Event::StateChange(ev) => self.state_change(ev),
             Event::Udp(ev) => self.udp(ev),
-            Event::Tcp(_) | Event::Exec(_) | Event::Proc { .. } => Change::Nothing,
+            Event::Exec(ev) => {
+                self.exec(ev);
+                Change::Nothing
+            }
+            Event::Proc {
+                change: ProcChange::Exit { pid },
+                ..
+            } => {
+                self.renamed.remove(pid);
+                Change::Nothing
+            }
+            Event::Tcp(_) | Event::Proc { .. } => Change::Nothing,
         }
     }
 
     /// Removes a row, saying so.
     fn close(&mut self, cookie: u64) -> Change {
-        self.socks
-            .remove(&cookie)
+        self.remove(cookie)
             .map_or(Change::Nothing, |last| Change::Closed(cookie, last))
     }
 
@@ -156,6 +235,7 @@ impl Model {
         if ev.op == UdpOp::Close {
             return self.close(ev.sock);
         }
+        let (owner, before) = (self.named(&ev.owner), self.owner_pid(ev.sock));
         let (sock, change) = self.row(ev.sock, || {
             Sock::new(Proto::Udp, ev.family, TcpState::Close, ev.netns)
         });
@@ -169,10 +249,8 @@ impl Model {
             }
         }
         sock.since_ns = Some(ev.ts_ns);
-        if let Some(owner) = &ev.owner {
-            sock.owner = Some(owner.clone());
-            sock.uid.get_or_insert(owner.uid);
-        }
+        let after = sock.adopt(owner);
+        self.reindex(ev.sock, before, after);
         change
     }
 
@@ -192,12 +270,13 @@ impl Model {
                 (tw.state, tw.since_ns, tw.expires_ns) =
                     (TcpState::TimeWait, Some(ev.ts_ns), Some(at));
                 (tw.recv_q, tw.send_q) = (Some(0), Some(0));
-                self.socks.insert(ev.sock, tw);
+                self.insert(ev.sock, tw);
                 self.expiries.push(Reverse((at, ev.sock)));
                 return Change::Changed(ev.sock);
             }
             return closed;
         }
+        let (owner, before) = (self.named(&ev.owner), self.owner_pid(ev.sock));
         let (sock, change) = self.row(ev.sock, || Sock::from_event(ev));
         sock.state = ev.new;
         sock.since_ns = Some(ev.ts_ns);
@@ -209,10 +288,8 @@ impl Model {
             (sock.laddr, sock.lport) = (ev.laddr, ev.lport);
         }
         (sock.raddr, sock.rport) = (ev.raddr, ev.rport);
-        if let Some(owner) = &ev.owner {
-            sock.owner = Some(owner.clone());
-            sock.uid.get_or_insert(owner.uid);
-        }
+        let after = sock.adopt(owner);
+        self.reindex(ev.sock, before, after);
         change
     }
 
@@ -228,6 +305,16 @@ impl Model {
 }
 
 impl Sock {
+    /// Takes the owner an event names, if it names one; returns the owner's
+    /// pid after.
+    fn adopt(&mut self, owner: Option<Owner>) -> Option<u32> {
+        if let Some(owner) = owner {
+            self.uid.get_or_insert(owner.uid);
+            self.owner = Some(owner);
+        }
+        self.owner.as_ref().map(|o| o.pid)
+    }
+
     /// A row with nothing known but what it is: addresses unspecified.
     fn new(proto: Proto, family: Family, state: TcpState, netns: u32) -> Sock {
         let unspecified = match family {
@@ -527,5 +614,49 @@ mod tests {
         m.seed(6, s);
         m.apply(&change(6, 1, Established, CloseWait, None));
         assert_eq!(m.get(6).and_then(|s| s.timer), None);
+    }
+
+    fn exec(pid: u32, comm: &str) -> Event {
+        Event::Exec(crate::decode::ExecInfo {
+            ts_ns: 9,
+            owner: owner(pid, comm).expect("owner"),
+            ppid: 1,
+            exe: None,
+            args: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn an_exec_renames_its_processs_rows_and_later_events_keep_the_new_name() {
+        let mut m = Model::default();
+        m.apply(&change(1, 1, Close, Listen, owner(50, "sh")));
+        m.apply(&change(2, 1, Close, Listen, owner(60, "other")));
+        m.apply(&exec(50, "nginx"));
+        let comm = |m: &Model, c| m.get(c).and_then(|s| s.owner.clone()).map(|o| o.comm);
+        assert_eq!(comm(&m, 1).as_deref(), Some("nginx"));
+        assert_eq!(comm(&m, 2).as_deref(), Some("other"));
+        // The kernel side still names the socket's first owner's name.
+        m.apply(&change(3, 2, Listen, SynRecv, owner(50, "sh")));
+        assert_eq!(comm(&m, 3).as_deref(), Some("nginx"));
+        // Gone with the process: a new process at that pid has its own name.
+        m.apply(&Event::Proc {
+            ts_ns: 3,
+            change: ProcChange::Exit { pid: 50 },
+        });
+        m.apply(&change(4, 4, Close, SynSent, owner(50, "curl")));
+        assert_eq!(comm(&m, 4).as_deref(), Some("curl"));
+    }
+
+    #[test]
+    fn the_pid_index_follows_owners_and_forgets_closed_rows() {
+        let mut m = Model::default();
+        m.apply(&change(1, 1, Close, SynSent, owner(50, "a")));
+        m.apply(&change(1, 2, SynSent, Established, owner(51, "b")));
+        assert_eq!(m.by_pid.get(&50), None);
+        assert!(m.by_pid[&51].contains(&1));
+        m.apply(&change(1, 3, Established, Close, owner(51, "b")));
+        m.apply(&udp(2, UdpOp::Bind, 53));
+        m.apply(&udp(2, UdpOp::Close, 0));
+        assert!(m.by_pid.is_empty(), "{:?}", m.by_pid);
     }
 }

@@ -302,3 +302,64 @@ fn unix_listeners_are_listed_with_their_owner() {
     let inode = ours[0]["inode"].to_string();
     assert!(line.split_whitespace().any(|f| f == inode), "{line}");
 }
+
+#[test]
+fn a_process_that_execs_holding_its_listener_shows_under_its_new_name() {
+    let dir = TempDir::new();
+    let port = free_port("127.0.0.1");
+    let out = dir.path().join("tables");
+    let mut bnetstat = Command::new(bnetstat_bin())
+        .args(["-tlnp", "--json", "0.3", "--port", &port.to_string()])
+        .stdout(std::fs::File::create(&out).expect("stdout file"))
+        .start();
+    wait_for_json_tables(&out, 1);
+    // Listens as `tbl-execer`, then becomes `cat` with the listener open.
+    let holder = Holder::start(
+        Command::new(dir.exe(NETSCENE, "tbl-execer")),
+        &[
+            format!("tcp-listen=127.0.0.1:{port}"),
+            "exec=/bin/cat".into(),
+        ],
+    );
+    let deadline = Instant::now() + T;
+    let owner = loop {
+        let tables = wait_for_json_tables(&out, 1);
+        let last = tables.last().cloned().unwrap_or_default();
+        let row = last.iter().find(|r| r["lport"] == port).cloned();
+        if let Some(row) = row.filter(|r| r["comm"] == "cat") {
+            break row;
+        }
+        assert!(Instant::now() < deadline, "no row named cat: {last:?}");
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(owner["pid"], holder.pid());
+    let _ = bnetstat.kill();
+    let _ = bnetstat.wait();
+}
+
+/// The complete JSON tables in `path` so far, at least `n` of them.
+fn wait_for_json_tables(path: &std::path::Path, n: usize) -> Vec<Vec<serde_json::Value>> {
+    let deadline = Instant::now() + T;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let complete = text.rfind("\n\n").map_or("", |end| &text[..end]);
+        let tables: Vec<Vec<serde_json::Value>> = complete
+            .split("\n\n")
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                t.lines()
+                    .filter(|l| !l.is_empty())
+                    .map(|l| serde_json::from_str(l).expect("JSON line"))
+                    .collect()
+            })
+            .collect();
+        if tables.len() >= n {
+            return tables;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} tables within {T:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -28,7 +28,10 @@
 //! connections are held until the peer closes, then closed),
 //! `tcp-connect=ADDR:PORT`, `udp-bind=ADDR:PORT`,
 //! `udp-connect=ADDR:PORT>ADDR:PORT` (bound, then connected),
-//! `unix-listen=PATH`. IPv6 addresses go in brackets.
+//! `unix-listen=PATH`. IPv6 addresses go in brackets. A last
+//! `exec=PROGRAM` makes it, once ready, exec PROGRAM (no arguments) with
+//! its sockets kept open: a process that changes its name while it holds
+//! them.
 
 use std::{
     io::{Read, Write},
@@ -95,11 +98,15 @@ fn hold(specs: &[String]) -> std::io::Result<()> {
     let bad = |spec: &str| std::io::Error::other(format!("bad spec {spec}"));
     let addr = |s: &str| s.parse::<SocketAddr>().map_err(|_| bad(s));
     let mut held: Vec<Box<dyn std::any::Any>> = Vec::new();
+    let mut fds = Vec::new();
+    let mut exec = None;
     for spec in specs {
         let (kind, rest) = spec.split_once('=').ok_or_else(|| bad(spec))?;
         match kind {
+            "exec" => exec = Some(rest.to_owned()),
             "tcp-listen" => {
                 let listener = TcpListener::bind(addr(rest)?)?;
+                fds.push(std::os::fd::AsRawFd::as_raw_fd(&listener));
                 thread::spawn(move || {
                     for conn in listener.incoming().map_while(Result::ok) {
                         thread::spawn(move || {
@@ -123,6 +130,14 @@ fn hold(specs: &[String]) -> std::io::Result<()> {
     }
     println!("ready");
     std::io::stdout().flush()?;
+    if let Some(program) = exec {
+        use std::os::unix::process::CommandExt as _;
+        for fd in fds {
+            // SAFETY: clearing FD_CLOEXEC on a descriptor this process holds.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        }
+        return Err(std::process::Command::new(program).exec());
+    }
     std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
     drop(held);
     Ok(())
