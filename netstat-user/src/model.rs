@@ -617,7 +617,7 @@ mod tests {
     }
 
     fn exec(pid: u32, comm: &str) -> Event {
-        Event::Exec(crate::decode::ExecInfo {
+        Event::Exec(ExecInfo {
             ts_ns: 9,
             owner: owner(pid, comm).expect("owner"),
             ppid: 1,
