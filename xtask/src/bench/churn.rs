@@ -447,7 +447,8 @@ fn ss_seen(polls: &[String], load: &Load) -> (u64, u64) {
 /// What `bnetstat trace --json` printed.
 pub struct TraceLines {
     pub delivered: u64,
-    right_pid: u64,
+    /// Of those, the ones naming the right pid (see `Run::right_pid`).
+    pub right_pid: u64,
     pub lost: u64,
 }
 
