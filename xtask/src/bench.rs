@@ -170,7 +170,8 @@ fn goals(
     )?;
     let cpu = churn.median_cpu(churn::Config::Trace);
     row(
-        "user-space CPU under 1 s per million events (bnetstat trace)",
+        "user-space CPU under 1 s per million events: CPU seconds (user+system) of the \
+         tracer's own process (`bnetstat trace`) per million events",
         cpu.map_or("-".into(), |c| format!("{c:.2} s")),
         cpu.map(|c| c < 1.0),
     )?;
