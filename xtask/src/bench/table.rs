@@ -24,8 +24,10 @@ const PER_HOLDER: usize = 9_000;
 const TABLE_LIMIT: Duration = Duration::from_secs(300);
 /// Seconds between redisplays while their cost is measured.
 const REDISPLAY_EVERY: f64 = 0.2;
-/// How long redisplays are watched, after the first table.
+/// How long redisplays are watched at least, after the first table...
 const REDISPLAY_FOR: Duration = Duration::from_secs(3);
+/// ... and how many at least, however long they take.
+const REDISPLAYS: usize = 5;
 /// The line each text table starts with (netstat-user/src/views/table.rs).
 const TABLE_HEADER: &str = "Active Internet connections";
 
@@ -196,14 +198,15 @@ fn live_rss(tools: &Tools) -> Result<f64> {
     Ok(kib / 1024.0)
 }
 
-/// `bnetstat -tan 0.2` for `REDISPLAY_FOR` after its first table, so
-/// start-up (load, seed, first table) is left out. While it runs, its
-/// output's length, the time and its CPU are sampled whenever the length
-/// changes; afterwards the table headers in the output say where each table
-/// ended, and the first sample that reached an end is when that table was
-/// out (a write of megabytes grows the file in steps, so a change of
-/// length alone is not a table). Between tables bnetstat only waits, so the
-/// samples at two ends bracket exactly the redisplays between them.
+/// `bnetstat -tan 0.2` for `REDISPLAY_FOR` and `REDISPLAYS` after its
+/// first table, so start-up (load, seed, first table) is left out. While
+/// it runs, its output's length, the time and its CPU are sampled whenever
+/// the length changes; afterwards the table headers in the output say
+/// where each table ended, and the first sample that reached an end is when
+/// that table was out (a write of megabytes grows the file in steps, so a
+/// change of length alone is not a table). Between tables bnetstat only
+/// waits, so the samples at two ends bracket exactly the redisplays between
+/// them.
 fn redisplay(tools: &Tools) -> Result<Redisplay> {
     let (guard, out, _) = spawn_logged(
         Command::new(&tools.bnetstat).args(["-tan", &REDISPLAY_EVERY.to_string()]),
@@ -211,15 +214,24 @@ fn redisplay(tools: &Tools) -> Result<Redisplay> {
         "redisplay",
     )?;
     let mut samples: Vec<(u64, Instant, f64)> = Vec::new();
+    // Tables begun, told apart by the wait between them: only to know when
+    // to stop (the headers count them afterwards).
+    let mut begun = 0;
     let start = Instant::now();
     loop {
         let len = file_len(&out);
         if samples.last().map_or(len > 0, |s| s.0 != len) {
-            samples.push((len, Instant::now(), cpu_seconds(guard.pid())?));
+            let now = Instant::now();
+            let wait = Duration::from_secs_f64(REDISPLAY_EVERY / 2.0);
+            begun += usize::from(samples.last().is_none_or(|s| now - s.1 > wait));
+            samples.push((len, now, cpu_seconds(guard.pid())?));
         }
         match samples.first() {
-            Some(first) if first.1.elapsed() > REDISPLAY_FOR => break,
-            None if start.elapsed() > TABLE_LIMIT => bail!("no table within {TABLE_LIMIT:?}"),
+            // The first table, REDISPLAYS, and one begun after: all ended.
+            Some(first) if first.1.elapsed() > REDISPLAY_FOR && begun > REDISPLAYS + 1 => break,
+            _ if start.elapsed() > TABLE_LIMIT => {
+                bail!("fewer than {REDISPLAYS} redisplays within {TABLE_LIMIT:?}")
+            }
             _ => thread::sleep(Duration::from_millis(1)),
         }
     }
@@ -234,7 +246,7 @@ fn redisplay(tools: &Tools) -> Result<Redisplay> {
         .filter_map(|(end, _)| out_at(end))
         .collect();
     let [first, .., last] = ends[..] else {
-        bail!("no redisplay within {REDISPLAY_FOR:?} of the first table");
+        bail!("no redisplay ended");
     };
     let tables = ends.len() - 1;
     let per_table = |x: f64| x / tables as f64 * 1e3;
@@ -260,9 +272,9 @@ pub fn report(md: &mut String, plan: &Plan, sizes: &[Size]) -> Result<()> {
     )?;
     writeln!(
         md,
-        "Redisplay: `bnetstat -tan {REDISPLAY_EVERY}` with its output to a file, watched for \
-         {} s after its first table (so program load and seed are left out), every table a \
-         full text table of every socket. CPU is the process's user plus system time \
+        "Redisplay: `bnetstat -tan {REDISPLAY_EVERY}` with its output to a file, watched for at \
+         least {} s and {REDISPLAYS} redisplays after its first table (so program load and seed \
+         are left out), every table a full text table of every socket. CPU is the process's user plus system time \
          (/proc/PID/stat, counted in 1/{} s ticks) over the redisplays in the window; wall is \
          the time between the ends of the first and the last table in the window over the \
          redisplays between them, less the {REDISPLAY_EVERY} s bnetstat waits between tables.\n",
