@@ -43,11 +43,13 @@ const SETTINGS: [Setting; 4] = [
 
 /// One paced run.
 #[derive(Debug, Clone, Copy)]
-struct Step {
+pub struct Step {
     /// Transitions a second the load caused.
-    rate: f64,
+    pub rate: f64,
     /// Transitions the tracer printed.
     delivered: u64,
+    /// Of those, the ones naming the right pid, judged as under churn.
+    right_pid: u64,
     /// Transitions the load caused.
     caused: u64,
     /// What the tracer said it lost.
@@ -57,6 +59,21 @@ struct Step {
 impl Step {
     fn lossless(&self) -> bool {
         self.lost == 0 && self.delivered >= self.caused
+    }
+
+    /// Transitions printed over transitions caused.
+    pub fn delivered_share(&self) -> f64 {
+        self.delivered as f64 / self.caused as f64
+    }
+
+    /// Printed transitions naming the right pid over those printed.
+    pub fn owner_share(&self) -> f64 {
+        self.right_pid as f64 / self.delivered.max(1) as f64
+    }
+
+    /// How far it falls short on either count: the worst step has the least.
+    fn score(&self) -> f64 {
+        self.delivered_share().min(1.0).min(self.owner_share())
     }
 }
 
@@ -83,6 +100,15 @@ impl Search {
     /// The first step that lost events.
     fn first_loss(&self) -> Option<&Step> {
         self.steps.iter().find(|s| !s.lossless())
+    }
+
+    /// The share of right owners in the worst step before the first loss.
+    fn clean_owner_share(&self) -> Option<f64> {
+        self.steps
+            .iter()
+            .take_while(|s| s.lossless())
+            .map(Step::owner_share)
+            .reduce(f64::min)
     }
 }
 
@@ -115,6 +141,23 @@ impl Results {
             .collect::<Option<Vec<f64>>>()
             .and_then(|c| c.into_iter().reduce(f64::min));
         (loss, clean)
+    }
+
+    /// With bnetstat's defaults, every step below the ceiling (every step
+    /// when none lost events), and the worst of them.
+    pub fn below_ceiling(&self) -> (usize, Option<Step>) {
+        let (loss, _) = self.defaults();
+        let below: Vec<Step> = self
+            .of(SETTINGS[0])
+            .flat_map(|s| &s.steps)
+            .filter(|s| loss.is_none_or(|l| s.rate < l))
+            .copied()
+            .collect();
+        let worst = below
+            .iter()
+            .copied()
+            .reduce(|a, b| if b.score() < a.score() { b } else { a });
+        (below.len(), worst)
     }
 }
 
@@ -197,6 +240,7 @@ fn paced(setting: Setting, connections: u64, plan: &Plan, tools: &Tools) -> Resu
     Ok(Step {
         rate: load.transitions as f64 / load.seconds,
         delivered: lines.delivered,
+        right_pid: lines.right_pid,
         caused: load.transitions,
         lost: lines.lost,
     })
@@ -210,19 +254,23 @@ pub fn report(md: &mut String, plan: &Plan, results: &Results) -> Result<()> {
         md,
         "`bnetstat trace --json --port PORT --ring-mib R --batch-ms B` under `loadgen churn PORT \
          {t} {s} RATE`, RATE connections a second paced evenly, from {first} doubling for at \
-         most {steps} steps, until the tracer loses events or the generator falls below 80% of \
-         RATE (the machine, not the tracer, is then the limit). Rates are transitions a second \
+         most {steps} steps, until the tracer loses events (reports a loss, or prints fewer transitions than the load \
+         caused) or the generator falls below 80% of RATE (the machine, not the tracer, is \
+         then the limit). Rates are transitions a second \
          the load caused (10 per connection). The ring holds R MiB of 136-byte records; while \
          events flow the reader drains it at most once per B ms, so a ring of N records \
          overflows above roughly N / B transitions a second, or when the reader's CPU share \
-         cannot keep up. {reps} search(es) per setting, settings in rotating order.\n",
+         cannot keep up. Right pid: printed transitions naming the right process (the server for \
+         sockets on PORT, the client otherwise, as under churn), in the worst step before the \
+         first loss; below the ceiling delivery is complete by the ceiling's definition, the owners \
+         are checked on their own. {reps} search(es) per setting, settings in rotating order.\n",
         t = plan.threads,
         s = plan.step_secs,
         reps = plan.reps,
     )?;
     writeln!(
         md,
-        "| --ring-mib | --batch-ms | highest rate with nothing lost | first rate that lost events | lost there | searches that ended without loss |\n| --- | --- | --- | --- | --- | --- |"
+        "| --ring-mib | --batch-ms | highest rate with nothing lost | right pid below that | first rate that lost events | lost there | searches that ended without loss |\n| --- | --- | --- | --- | --- | --- | --- |"
     )?;
     let settings = SETTINGS.iter().filter(|s| results.of(**s).next().is_some());
     for &setting in settings {
@@ -234,7 +282,7 @@ pub fn report(md: &mut String, plan: &Plan, results: &Results) -> Result<()> {
         let total = results.of(setting).count();
         writeln!(
             md,
-            "| {} | {}{} | {} | {} | {} | {unreached} of {total} |",
+            "| {} | {}{} | {} | {} | {} | {} | {unreached} of {total} |",
             setting.ring_mib,
             setting.batch_ms,
             if setting == SETTINGS[0] {
@@ -243,6 +291,9 @@ pub fn report(md: &mut String, plan: &Plan, results: &Results) -> Result<()> {
                 ""
             },
             show(results.spread(setting, Search::clean), 0),
+            results
+                .spread(setting, |s| s.clean_owner_share().map(|x| x * 100.0))
+                .map_or("-".into(), |s| format!("{}%", s.show(3))),
             show(
                 results.spread(setting, |s| s.first_loss().map(|l| l.rate)),
                 0
@@ -264,6 +315,7 @@ mod tests {
         Step {
             rate,
             delivered: 100 - lost,
+            right_pid: 100 - lost,
             caused: 100,
             lost,
         }
@@ -303,5 +355,28 @@ mod tests {
         ];
         let r = Results { searches };
         assert_eq!(r.defaults(), (Some(2e4), Some(1e4)));
+    }
+
+    #[test]
+    fn below_the_ceiling_the_worst_step_is_the_one_with_most_wrong_owners() {
+        let mut wrong = step(1e4, 0);
+        wrong.right_pid = 90;
+        let searches = vec![
+            Search {
+                setting: SETTINGS[0],
+                steps: vec![step(1e4, 0), step(2e4, 0), step(4e4, 0)],
+                unreached: true,
+            },
+            Search {
+                setting: SETTINGS[0],
+                steps: vec![wrong, step(2e4, 0), step(4e4, 5)],
+                unreached: false,
+            },
+        ];
+        let r = Results { searches };
+        let (below, worst) = r.below_ceiling();
+        // The clean 4e4 step of the first search is at the ceiling, not below.
+        assert_eq!(below, 4);
+        assert_eq!(worst.map(|w| w.owner_share()), Some(0.9));
     }
 }

@@ -147,7 +147,8 @@ impl Run {
         }
     }
 
-    /// CPU seconds per million transitions the load caused.
+    /// CPU seconds (user+system) of the tracer's own process per million
+    /// transitions the load caused.
     fn cpu_per_million(&self) -> Option<f64> {
         self.cpu.map(|c| c / self.load.transitions as f64 * 1e6)
     }
@@ -447,7 +448,8 @@ fn ss_seen(polls: &[String], load: &Load) -> (u64, u64) {
 /// What `bnetstat trace --json` printed.
 pub struct TraceLines {
     pub delivered: u64,
-    right_pid: u64,
+    /// Of those, the ones naming the right pid (see `Run::right_pid`).
+    pub right_pid: u64,
     pub lost: u64,
 }
 
@@ -540,7 +542,7 @@ pub fn report(md: &mut String, plan: &Plan, tools: &Tools, results: &Results) ->
     )?;
     writeln!(
         md,
-        "| attached | connections/s | rate vs nothing attached | CPU s per million transitions | delivered | right pid | lost (reported) |\n| --- | --- | --- | --- | --- | --- | --- |"
+        "| attached | connections/s | rate vs nothing attached | CPU seconds (user+system) of the tracer's own process per million events | delivered | right pid | lost (reported) |\n| --- | --- | --- | --- | --- | --- | --- |"
     )?;
     for config in CONFIGS {
         let pct = |f: &dyn Fn(&Run) -> Option<f64>| {
@@ -578,9 +580,10 @@ pub fn report(md: &mut String, plan: &Plan, tools: &Tools, results: &Results) ->
          reported lost is shown.\n\
          - right pid: the share of delivered lines naming the right process (server for sockets \
          on PORT, client otherwise).\n\
-         - CPU: the tracer process's user plus system time (/proc/PID/stat) from after it \
-         started to the end of the drain, over the transitions the load caused. The kernel \
-         side's cost lands in the load's own time, so it shows in the rate column instead.\n\
+         - CPU: user-space CPU, the user plus system time (utime+stime in /proc/PID/stat) of \
+         the tracer's own process from after it started to the end of the drain, per million \
+         events (transitions the load caused). The in-kernel BPF programs' cost is not in it: \
+         it lands in the load's own time, so it shows in the rate column instead.\n\
          - connection attempts that failed part-way, over all runs: {errors}.\n"
     )?;
     writeln!(md, "Commands (PORT is each run's port):\n\n```sh")?;

@@ -1,5 +1,6 @@
 //! Part 3: the wall time to a complete table with many established
-//! connections held open, and bnetstat's memory holding that table live.
+//! connections held open, bnetstat's memory holding that table live, and
+//! what redisplaying it from the live model costs.
 
 use std::{
     fmt::Write as _,
@@ -12,7 +13,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    Guard, Plan, Spread, Tools, file_len, first_line, free_port, show, spawn_logged, wait_until,
+    Guard, Plan, Spread, Tools, cpu_seconds, file_len, first_line, free_port, show, spawn_logged,
+    ticks_per_second, wait_until,
 };
 
 /// Connections per holder process: two fds each must fit under the hard
@@ -20,6 +22,14 @@ use super::{
 const PER_HOLDER: usize = 9_000;
 /// Longest a single table may take.
 const TABLE_LIMIT: Duration = Duration::from_secs(300);
+/// Seconds between redisplays while their cost is measured.
+const REDISPLAY_EVERY: f64 = 0.2;
+/// How long redisplays are watched at least, after the first table...
+const REDISPLAY_FOR: Duration = Duration::from_secs(3);
+/// ... and how many at least, however long they take.
+const REDISPLAYS: usize = 5;
+/// The line each text table starts with (netstat-user/src/views/table.rs).
+const TABLE_HEADER: &str = "Active Internet connections";
 
 /// The tables timed: (label, program, args), `bnetstat` standing for the
 /// binary under test.
@@ -36,11 +46,24 @@ const TABLES: [(&str, &str, &[&str]); 6] = [
 pub struct Size {
     pub held: usize,
     /// TCP sockets on the host while timing (`ss -tanH | wc -l`).
-    sockets: usize,
+    pub sockets: usize,
     /// Seconds per table, in `TABLES` order, one value per repetition.
     times: Vec<Vec<f64>>,
     /// Resident memory of a live `bnetstat -tan 60` after its first table.
     pub rss_mib: Option<f64>,
+    /// What a redisplay of `bnetstat -tan 0.2` costs.
+    pub redisplay: Option<Redisplay>,
+}
+
+/// The cost of one redisplay from the live model, averaged over a window.
+#[derive(Clone, Copy)]
+pub struct Redisplay {
+    /// Redisplays in the window.
+    pub tables: usize,
+    /// CPU ms (user+system) of the bnetstat process per redisplay.
+    pub cpu_ms: f64,
+    /// Wall ms per redisplay, the wait between redisplays taken out.
+    pub wall_ms: f64,
 }
 
 impl Size {
@@ -82,11 +105,14 @@ fn size(plan: &Plan, tools: &Tools, held: usize) -> Result<Size> {
         }
     }
     let rss_mib = Some(live_rss(tools).context("bnetstat -tan 60")?);
+    eprintln!("xtask: bench table: redisplays of bnetstat -tan {REDISPLAY_EVERY}");
+    let redisplay = Some(redisplay(tools).context("redisplaying bnetstat -tan")?);
     Ok(Size {
         held,
         sockets,
         times,
         rss_mib,
+        redisplay,
     })
 }
 
@@ -172,6 +198,65 @@ fn live_rss(tools: &Tools) -> Result<f64> {
     Ok(kib / 1024.0)
 }
 
+/// `bnetstat -tan 0.2` for `REDISPLAY_FOR` and `REDISPLAYS` after its
+/// first table, so start-up (load, seed, first table) is left out. While
+/// it runs, its output's length, the time and its CPU are sampled whenever
+/// the length changes; afterwards the table headers in the output say
+/// where each table ended, and the first sample that reached an end is when
+/// that table was out (a write of megabytes grows the file in steps, so a
+/// change of length alone is not a table). Between tables bnetstat only
+/// waits, so the samples at two ends bracket exactly the redisplays between
+/// them.
+fn redisplay(tools: &Tools) -> Result<Redisplay> {
+    let (guard, out, _) = spawn_logged(
+        Command::new(&tools.bnetstat).args(["-tan", &REDISPLAY_EVERY.to_string()]),
+        &tools.scratch,
+        "redisplay",
+    )?;
+    let mut samples: Vec<(u64, Instant, f64)> = Vec::new();
+    // Tables begun, told apart by the wait between them: only to know when
+    // to stop (the headers count them afterwards).
+    let mut begun = 0;
+    let start = Instant::now();
+    loop {
+        let len = file_len(&out);
+        if samples.last().map_or(len > 0, |s| s.0 != len) {
+            let now = Instant::now();
+            let wait = Duration::from_secs_f64(REDISPLAY_EVERY / 2.0);
+            begun += usize::from(samples.last().is_none_or(|s| now - s.1 > wait));
+            samples.push((len, now, cpu_seconds(guard.pid())?));
+        }
+        match samples.first() {
+            // The first table, REDISPLAYS, and one begun after: all ended.
+            Some(first) if first.1.elapsed() > REDISPLAY_FOR && begun > REDISPLAYS + 1 => break,
+            _ if start.elapsed() > TABLE_LIMIT => {
+                bail!("fewer than {REDISPLAYS} redisplays within {TABLE_LIMIT:?}")
+            }
+            _ => thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    drop(guard);
+    let text = fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
+    let _ = fs::remove_file(&out);
+    // A table ends where the next begins; the last may be cut short.
+    let out_at = |end: usize| samples.iter().find(|s| s.0 >= end as u64);
+    let ends: Vec<_> = text
+        .match_indices(TABLE_HEADER)
+        .skip(1)
+        .filter_map(|(end, _)| out_at(end))
+        .collect();
+    let [first, .., last] = ends[..] else {
+        bail!("no redisplay ended");
+    };
+    let tables = ends.len() - 1;
+    let per_table = |x: f64| x / tables as f64 * 1e3;
+    Ok(Redisplay {
+        tables,
+        cpu_ms: per_table(last.2 - first.2),
+        wall_ms: per_table((last.1 - first.1).as_secs_f64()) - REDISPLAY_EVERY * 1e3,
+    })
+}
+
 /// Part 3 of the report.
 pub fn report(md: &mut String, plan: &Plan, sizes: &[Size]) -> Result<()> {
     writeln!(md, "## Time to a complete table\n")?;
@@ -184,6 +269,17 @@ pub fn report(md: &mut String, plan: &Plan, sizes: &[Size]) -> Result<()> {
          per size, tools in rotating order. The ratio is the same-repetition time of `ss` with \
          the same flags over the tool's time (above 1: faster than ss).\n",
         plan.reps
+    )?;
+    writeln!(
+        md,
+        "Redisplay: `bnetstat -tan {REDISPLAY_EVERY}` with its output to a file, watched for at \
+         least {} s and {REDISPLAYS} redisplays after its first table (so program load and seed \
+         are left out), every table a full text table of every socket. CPU is the process's user plus system time \
+         (/proc/PID/stat, counted in 1/{} s ticks) over the redisplays in the window; wall is \
+         the time between the ends of the first and the last table in the window over the \
+         redisplays between them, less the {REDISPLAY_EVERY} s bnetstat waits between tables.\n",
+        REDISPLAY_FOR.as_secs(),
+        ticks_per_second()
     )?;
     for size in sizes {
         writeln!(
@@ -213,6 +309,14 @@ pub fn report(md: &mut String, plan: &Plan, sizes: &[Size]) -> Result<()> {
             "\nbnetstat's resident memory holding this table live (`bnetstat -tan 60`, VmRSS after \
              its first table): {}\n",
             size.rss_mib.map_or("-".into(), |m| format!("{m:.1} MiB"))
+        )?;
+        writeln!(
+            md,
+            "A redisplay of that live table (`bnetstat -tan {REDISPLAY_EVERY}`): {}\n",
+            size.redisplay.map_or("-".into(), |r| format!(
+                "{:.2} ms CPU (user+system) and {:.2} ms wall each, over {} redisplays",
+                r.cpu_ms, r.wall_ms, r.tables
+            ))
         )?;
     }
     Ok(())
