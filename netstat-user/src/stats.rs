@@ -147,6 +147,28 @@ pub struct Counts {
     pub transitions: BTreeMap<(TcpState, TcpState), u64>,
 }
 
+impl Counts {
+    /// Counts one event, whatever its owner and family.
+    pub fn count(&mut self, event: &Event) {
+        match event {
+            Event::StateChange(ev) => {
+                *self.transitions.entry((ev.old, ev.new)).or_default() += 1;
+                match (ev.old, ev.new) {
+                    (TcpState::Close, TcpState::SynSent) => self.active_opens += 1,
+                    (TcpState::Listen, TcpState::SynRecv) => self.passive_opens += 1,
+                    _ => {}
+                }
+            }
+            Event::Tcp(ev) => match ev.op {
+                TcpOp::Retransmit => self.retransmits += 1,
+                TcpOp::SendReset => self.resets_sent += 1,
+                TcpOp::ReceiveReset => self.resets_received += 1,
+            },
+            Event::Udp(_) | Event::Exec(_) | Event::Proc { .. } => {}
+        }
+    }
+}
+
 /// Who an event's socket belongs to: pid and comm, or `None` when unknown.
 pub type ProcessKey = Option<(u32, String)>;
 
@@ -183,24 +205,8 @@ impl EventCounts {
             .as_ref()
             .map(|Owner { pid, comm, .. }| (*pid, comm.clone()));
         let per = self.processes.entry(key).or_default();
-        for counts in [&mut self.total, per] {
-            match event {
-                Event::StateChange(ev) => {
-                    *counts.transitions.entry((ev.old, ev.new)).or_default() += 1;
-                    match (ev.old, ev.new) {
-                        (TcpState::Close, TcpState::SynSent) => counts.active_opens += 1,
-                        (TcpState::Listen, TcpState::SynRecv) => counts.passive_opens += 1,
-                        _ => {}
-                    }
-                }
-                Event::Tcp(ev) => match ev.op {
-                    TcpOp::Retransmit => counts.retransmits += 1,
-                    TcpOp::SendReset => counts.resets_sent += 1,
-                    TcpOp::ReceiveReset => counts.resets_received += 1,
-                },
-                Event::Udp(_) | Event::Exec(_) | Event::Proc { .. } => {}
-            }
-        }
+        self.total.count(event);
+        per.count(event);
     }
 
     /// The counts so far, starting again from zero.
