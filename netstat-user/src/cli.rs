@@ -163,6 +163,27 @@ pub enum Command {
     /// connections, every interval, like tcptop.
     #[command(after_help = TOP_EXAMPLES)]
     Top(TopArgs),
+    /// Run for days: the live table of every network namespace and event
+    /// counters, served as Prometheus metrics over HTTP.
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve(ServeArgs),
+}
+
+const SERVE_EXAMPLES: &str = "\
+Examples:
+  bnetstat serve --metrics 127.0.0.1:9830   metrics at http://127.0.0.1:9830/metrics
+  bnetstat serve --metrics [::1]:9830 --ring-mib 32
+
+Labels are protocols, states and causes only (no pids, ports or addresses),
+so a flood of connections cannot add series.";
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: String,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
 }
 
 const TOP_EXAMPLES: &str = "\
@@ -498,6 +519,20 @@ mod tests {
         ] {
             assert!(parse(args).is_err(), "{args:?} accepted");
         }
+    }
+
+    #[test]
+    fn serve_needs_a_metrics_address() {
+        let Some(Command::Serve(s)) =
+            parse(&["serve", "--metrics", "127.0.0.1:9830", "--batch-ms", "5"])
+                .expect("parses")
+                .command
+        else {
+            panic!("not serve")
+        };
+        assert_eq!(s.metrics, "127.0.0.1:9830");
+        assert_eq!(s.kernel.batch_ms, 5);
+        assert!(parse(&["serve"]).is_err());
     }
 
     #[test]

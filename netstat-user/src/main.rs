@@ -2,8 +2,9 @@
 //!
 //! Data flows one way: `kernel` (load, attach, raw records) and `seed`
 //! (the start-up snapshot) -> `decode` (typed events) -> `model` (the live
-//! table) -> commands (`trace`, `connections`, `watch`, `life`) -> `views`
-//! (what is printed or drawn). `top` feeds events and the kernel's
+//! table) -> commands (`trace`, `connections`, `watch`, `life`, `serve`)
+//! -> `views` (what is printed or drawn; `serve`'s metrics go out through
+//! `http`). `top` feeds events and the kernel's
 //! per-socket byte totals to `traffic` (one interval's rows) -> `views`. netstat's other tables (`-i`, `--ethernet`,
 //! `-r`) come from rtnetlink: `netlink` -> `links`, `routes` -> `tables` ->
 //! `views`; `-s` reads the kernel's MIB files and counts events in `stats`.
@@ -13,6 +14,7 @@ mod clock;
 mod connections;
 mod decode;
 mod escape;
+mod http;
 mod kernel;
 mod life;
 mod links;
@@ -23,6 +25,7 @@ mod netns;
 mod offsets;
 mod routes;
 mod seed;
+mod serve;
 mod signals;
 mod sockdiag;
 mod stats;
@@ -30,6 +33,7 @@ mod tables;
 mod top;
 mod trace;
 mod traffic;
+mod usage;
 mod views;
 mod watch;
 
@@ -177,6 +181,23 @@ fn run(cli: Cli) -> Result<()> {
                 &opts,
                 &mut io::BufWriter::new(io::stdout().lock()),
             )
+        }
+        Some(Command::Serve(args)) => {
+            // Bound before the kernel side loads: a bad or busy address
+            // fails at once.
+            let listener = http::bind(&args.metrics)?;
+            let mut kernel = Kernel::load(&kernel::Options {
+                btf: &cli.btf,
+                ring_bytes: args.kernel.ring_mib << 20,
+                batch: args.kernel.batch(),
+                events: true,
+                sockets: true,
+                tcp_events: true,
+                bytes: false,
+                procs: false,
+                ports: &[],
+            })?;
+            serve::run(&mut kernel, listener)
         }
         Some(Command::Watch(args)) => {
             let mut kernel = load_kernel(&cli.btf, &args.kernel, (true, true), &[])?;

@@ -7,6 +7,8 @@
 //!   old and new state, active and passive opens, resets sent and received
 //!   and retransmits, in total and per process.
 //!
+//! `serve` keeps the same event counters as running totals ([`Counters`]).
+//!
 //! Parsing and counting are pure; `run` does the I/O.
 
 use std::{
@@ -166,6 +168,24 @@ impl Counts {
             },
             Event::Udp(_) | Event::Exec(_) | Event::Proc { .. } => {}
         }
+    }
+}
+
+/// Totals since start, for `serve`: no per-process split, so they stay
+/// the same size however long it runs (transitions are at most 12 x 12).
+/// Pure.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Every decoded event, of any kind.
+    pub events: u64,
+    pub tcp: Counts,
+}
+
+impl Counters {
+    /// Counts one decoded event.
+    pub fn apply(&mut self, event: &Event) {
+        self.events += 1;
+        self.tcp.count(event);
     }
 }
 
@@ -480,5 +500,22 @@ mod tests {
             owner: None,
         }));
         assert_eq!(counts.total, Counts::default());
+    }
+
+    #[test]
+    fn serves_totals_count_every_event_and_keep_no_processes() {
+        let mut totals = Counters::default();
+        totals.apply(&change(tcp_state::CLOSE, tcp_state::LISTEN));
+        totals.apply(&change(tcp_state::LISTEN, tcp_state::SYN_RECV));
+        totals.apply(&Event::Tcp(TcpOpEvent {
+            ts_ns: 1,
+            sock: 0,
+            op: TcpOp::SendReset,
+            family: None,
+            owner: None,
+        }));
+        assert_eq!(totals.events, 3);
+        assert_eq!((totals.tcp.passive_opens, totals.tcp.resets_sent), (1, 1));
+        assert_eq!(totals.tcp.transitions.len(), 2);
     }
 }

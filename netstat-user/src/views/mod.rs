@@ -3,6 +3,7 @@
 
 pub mod interfaces;
 pub mod life;
+pub mod metrics;
 pub mod routes;
 pub mod stats;
 pub mod table;
