@@ -21,7 +21,7 @@ use crate::{
     clock,
     decode::{Event, decode},
     expect::{Expected, Opened},
-    kernel::{self, Kernel},
+    kernel::{self, Kernel, Lost},
     logfile::LogFile,
     names,
     procs::Processes,
@@ -53,12 +53,12 @@ const LOST_CHECK: Duration = Duration::from_secs(1);
 const TICK: Duration = Duration::from_millis(100);
 
 /// Where records go.
-enum Out<'a, W> {
-    Stdout(&'a mut W),
+enum Out<'o> {
+    Stdout(&'o mut dyn Write),
     File(LogFile),
 }
 
-impl<W: Write> Out<'_, W> {
+impl Out<'_> {
     fn writer(&mut self) -> &mut dyn Write {
         match self {
             Out::Stdout(w) => *w,
@@ -75,68 +75,150 @@ impl<W: Write> Out<'_, W> {
     }
 }
 
-/// Records port events until a stop condition or a signal; fails at the
-/// end when `--fail-on-unexpected` and a record broke `--expect`.
-pub fn run(kernel: &mut Kernel, opts: &Options, stdout: &mut impl Write) -> Result<()> {
-    let mut out = match &opts.output {
-        Some(path) => {
-            Out::File(LogFile::open(path).with_context(|| format!("opening {}", path.display()))?)
+/// An audit in progress: what it knows of processes and sockets, and where
+/// its records go. `audit` drives one; `serve --output` keeps one beside
+/// its table.
+pub struct Recording<'a> {
+    auditor: Auditor<'a>,
+    out: Out<'a>,
+}
+
+impl<'a> Recording<'a> {
+    /// Starts recording to `--output`, or else to `stdout`: learns the
+    /// processes running now and records the ports open now (`existing`),
+    /// from `socks`, the start-up snapshot.
+    pub fn start(
+        opts: &'a Options,
+        stdout: &'a mut dyn Write,
+        socks: &[(u64, crate::model::Sock)],
+        now_ns: u64,
+    ) -> Result<Recording<'a>> {
+        let out = match &opts.output {
+            Some(path) => Out::File(
+                LogFile::open(path).with_context(|| format!("opening {}", path.display()))?,
+            ),
+            None => Out::Stdout(stdout),
+        };
+        let mut auditor = Auditor {
+            opts,
+            procs: Processes::default(),
+            recorder: Recorder::new(opts.connects),
+            users: names::users(),
+            cgroups: CgroupNames::new(kernel::cgroup2_root().ok()),
+            boot_to_wall: clock::boot_to_wall_ns(),
+            written: 0,
+            unexpected: 0,
+        };
+        // Processes first: the sockets are owned by them.
+        for (pid, p) in seed::processes() {
+            auditor.procs.seed(pid, p);
         }
-        None => Out::Stdout(stdout),
-    };
-    let mut audit = Auditor {
-        opts,
-        procs: Processes::default(),
-        recorder: Recorder::new(opts.connects),
-        users: names::users(),
-        cgroups: CgroupNames::new(kernel::cgroup2_root().ok()),
-        boot_to_wall: clock::boot_to_wall_ns(),
-        written: 0,
-        unexpected: 0,
-    };
-    // Processes first: the sockets found next are owned by them.
-    for (pid, p) in seed::processes() {
-        audit.procs.seed(pid, p);
+        let mut recording = Recording { auditor, out };
+        for (cookie, sock) in socks {
+            if let Some(record) = recording.auditor.recorder.existing(*cookie, now_ns, sock) {
+                recording.auditor.write(&record, recording.out.writer())?;
+            }
+        }
+        recording.out.sync()?;
+        Ok(recording)
     }
-    let now = clock::boottime_ns();
-    let scope = seed::Scope {
+
+    /// Whether `--count` is reached.
+    pub fn full(&self) -> bool {
+        self.auditor.full()
+    }
+
+    /// Records what `event` does to ports (once `--count` is reached,
+    /// nothing).
+    pub fn event(&mut self, event: &Event) -> io::Result<()> {
+        self.auditor.procs.apply(event);
+        if matches!(event, Event::StateChange(_) | Event::Udp(_)) {
+            for record in self.auditor.recorder.apply(event) {
+                if self.auditor.full() {
+                    break;
+                }
+                self.auditor.write(&record, self.out.writer())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Between drains: writes what the last one recorded, and re-opens the
+    /// output after a SIGHUP.
+    pub fn tick(&mut self) -> Result<()> {
+        if signals::take_hangup()
+            && let Out::File(f) = &mut self.out
+        {
+            f.reopen().context("re-opening the output after SIGHUP")?;
+        }
+        self.out.writer().flush().context("writing records")
+    }
+
+    /// Reports lost events into the records too (JSON mode).
+    fn lost(&mut self, report: &mut LostReport, lost: Lost) -> io::Result<()> {
+        let json = self.auditor.opts.json;
+        report.report(lost, json, &mut self.out.writer())
+    }
+
+    /// Writes the connects still waiting for their outcome and syncs:
+    /// nothing accepted is lost. Returns (records written, unexpected).
+    pub fn finish(mut self) -> Result<(u64, u64)> {
+        for record in self.auditor.recorder.flush() {
+            if self.auditor.full() {
+                break;
+            }
+            self.auditor.write(&record, self.out.writer())?;
+        }
+        self.out.sync().context("writing the last records")?;
+        Ok((self.auditor.written, self.auditor.unexpected))
+    }
+}
+
+/// The sockets a start-up snapshot takes for an audit: every TCP and UDP
+/// socket of every network namespace.
+pub fn scope() -> seed::Scope {
+    seed::Scope {
         protos: vec![Proto::Tcp, Proto::Udp],
         families: vec![AF_INET, AF_INET6],
         all_netns: true,
-    };
-    for (cookie, sock) in seed::take(kernel, now, &scope)? {
-        if let Some(record) = audit.recorder.existing(cookie, now, &sock) {
-            audit.write(&record, out.writer())?;
-        }
     }
-    out.sync()?;
+}
+
+/// Records port events until a stop condition or a signal; fails at the
+/// end when `--fail-on-unexpected` and a record broke `--expect`.
+pub fn run(kernel: &mut Kernel, opts: &Options, stdout: &mut impl Write) -> Result<()> {
+    let now = clock::boottime_ns();
+    let socks = seed::take(kernel, now, &scope())?;
+    let mut recording = Recording::start(opts, stdout, &socks, now)?;
+    drop(socks);
     eprintln!("Tracing port events. Ctrl-C to stop.");
 
     let deadline = opts.duration.map(|d| Instant::now() + d);
     let mut lost = LostReport::default();
     let mut next_lost_check = Instant::now() + LOST_CHECK;
-    let result: io::Result<()> = loop {
+    let result: Result<()> = loop {
         // One drain after a stop request: what the kernel delivered is kept.
         let stop = signals::stop_requested() || deadline.is_some_and(|d| Instant::now() >= d);
-        if signals::take_hangup()
-            && let Out::File(f) = &mut out
-        {
-            f.reopen().context("re-opening the output after SIGHUP")?;
-        }
         let mut written = Ok(());
         kernel.drain(|record| {
-            if written.is_ok() && !audit.full() {
-                written = audit.event(record, out.writer());
+            // A record this build cannot read has nothing to audit.
+            if written.is_ok()
+                && let Ok(event) = decode(record)
+            {
+                written = recording.event(&event);
             }
         });
-        if let Err(e) = written.and_then(|()| out.writer().flush()) {
+        if let Err(e) = written
+            .map_err(anyhow::Error::from)
+            .and_then(|()| recording.tick())
+        {
             break Err(e);
         }
-        if stop || audit.full() {
+        if stop || recording.full() {
             break Ok(());
         }
         if Instant::now() >= next_lost_check {
-            lost.report(kernel.lost()?, opts.json, &mut out.writer())?;
+            recording.lost(&mut lost, kernel.lost()?)?;
             next_lost_check = Instant::now() + LOST_CHECK;
         }
         let wait = deadline.map_or(TICK, |d| {
@@ -144,29 +226,19 @@ pub fn run(kernel: &mut Kernel, opts: &Options, stdout: &mut impl Write) -> Resu
         });
         kernel.wait(wait).context("waiting for events")?;
     };
-    match result {
+    if let Err(e) = result {
         // A reader that went away (`| head`) is a normal end.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
-        other => other?,
+        return match e.downcast_ref::<io::Error>() {
+            Some(io) if io.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            _ => Err(e),
+        };
     }
-    for record in audit.recorder.flush() {
-        if audit.full() {
-            break;
-        }
-        audit.write(&record, out.writer())?;
-    }
-    lost.report(kernel.lost()?, opts.json, &mut out.writer())?;
-    out.sync().context("writing the last records")?;
+    recording.lost(&mut lost, kernel.lost()?)?;
+    let (written, unexpected) = recording.finish()?;
     if opts.expect.is_some() {
-        eprintln!(
-            "bnetstat: {} records, {} unexpected",
-            audit.written, audit.unexpected
-        );
-        if opts.fail_on_unexpected && audit.unexpected > 0 {
-            bail!(
-                "records that broke the expected listeners: {}",
-                audit.unexpected
-            );
+        eprintln!("bnetstat: {written} records, {unexpected} unexpected");
+        if opts.fail_on_unexpected && unexpected > 0 {
+            bail!("records that broke the expected listeners: {unexpected}");
         }
     }
     Ok(())
@@ -188,23 +260,6 @@ impl Auditor<'_> {
     /// Whether `--count` is reached.
     fn full(&self) -> bool {
         self.opts.count.is_some_and(|c| self.written >= c)
-    }
-
-    fn event(&mut self, raw: &[u8], out: &mut dyn Write) -> io::Result<()> {
-        // A record this build cannot read has nothing to audit.
-        let Ok(event) = decode(raw) else {
-            return Ok(());
-        };
-        self.procs.apply(&event);
-        if matches!(event, Event::StateChange(_) | Event::Udp(_)) {
-            for record in self.recorder.apply(&event) {
-                if self.full() {
-                    break;
-                }
-                self.write(&record, out)?;
-            }
-        }
-        Ok(())
     }
 
     fn write(&mut self, record: &Record, out: &mut dyn Write) -> io::Result<()> {

@@ -168,6 +168,10 @@ pub enum Command {
     /// user, cgroup and namespace, captured in the kernel as it happens.
     #[command(after_help = AUDIT_EXAMPLES)]
     Audit(AuditArgs),
+    /// Run for days: the live table of every network namespace and event
+    /// counters, served as Prometheus metrics over HTTP.
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve(ServeArgs),
 }
 
 const AUDIT_EXAMPLES: &str = "\
@@ -213,6 +217,33 @@ pub struct AuditArgs {
     /// Stop after this many records.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+const SERVE_EXAMPLES: &str = "\
+Examples:
+  bnetstat serve --metrics 127.0.0.1:9830   metrics at http://127.0.0.1:9830/metrics
+  bnetstat serve --metrics [::1]:9830 --ring-mib 32
+
+Labels are protocols, states and causes only (no pids, ports or addresses),
+so a flood of connections cannot add series.";
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: String,
+    /// Also write the audit log (as `audit --json --output FILE`); SIGHUP
+    /// re-opens it.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// With --output: record outgoing TCP and UDP connects too.
+    #[arg(long, requires = "output")]
+    pub connects: bool,
+    /// With --output: flag records that open a port not in this list.
+    #[arg(long, value_name = "FILE", requires = "output")]
+    pub expect: Option<PathBuf>,
     #[command(flatten)]
     pub kernel: KernelArgs,
 }
@@ -550,6 +581,20 @@ mod tests {
         ] {
             assert!(parse(args).is_err(), "{args:?} accepted");
         }
+    }
+
+    #[test]
+    fn serve_needs_a_metrics_address() {
+        let Some(Command::Serve(s)) =
+            parse(&["serve", "--metrics", "127.0.0.1:9830", "--batch-ms", "5"])
+                .expect("parses")
+                .command
+        else {
+            panic!("not serve")
+        };
+        assert_eq!(s.metrics, "127.0.0.1:9830");
+        assert_eq!(s.kernel.batch_ms, 5);
+        assert!(parse(&["serve"]).is_err());
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! Data flows one way: `kernel` (load, attach, raw records) and `seed`
 //! (the start-up snapshot) -> `decode` (typed events) -> `model` (the live
-//! table) -> commands (`trace`, `connections`, `watch`, `life`) -> `views`
-//! (what is printed or drawn). `top` feeds events and the kernel's
+//! table) -> commands (`trace`, `connections`, `watch`, `life`, `serve`)
+//! -> `views` (what is printed or drawn; `serve`'s metrics go out through
+//! `http`). `top` feeds events and the kernel's
 //! per-socket byte totals to `traffic` (one interval's rows) -> `views`. netstat's other tables (`-i`, `--ethernet`,
 //! `-r`) come from rtnetlink: `netlink` -> `links`, `routes` -> `tables` ->
 //! `views`; `-s` reads the kernel's MIB files and counts events in `stats`.
@@ -16,6 +17,7 @@ mod connections;
 mod decode;
 mod escape;
 mod expect;
+mod http;
 mod kernel;
 mod life;
 mod links;
@@ -29,6 +31,7 @@ mod procs;
 mod records;
 mod routes;
 mod seed;
+mod serve;
 mod signals;
 mod sockdiag;
 mod stats;
@@ -36,6 +39,7 @@ mod tables;
 mod top;
 mod trace;
 mod traffic;
+mod usage;
 mod views;
 mod watch;
 
@@ -185,17 +189,7 @@ fn run(cli: Cli) -> Result<()> {
             )
         }
         Some(Command::Audit(args)) => {
-            let expect = match &args.expect {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    Some(
-                        expect::Expected::parse(&text)
-                            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-                    )
-                }
-                None => None,
-            };
+            let expect = args.expect.as_deref().map(load_expect).transpose()?;
             let mut kernel = Kernel::load(&kernel::Options {
                 btf: &cli.btf,
                 ring_bytes: args.kernel.ring_mib << 20,
@@ -222,6 +216,35 @@ fn run(cli: Cli) -> Result<()> {
                 &mut io::BufWriter::new(io::stdout().lock()),
             )
         }
+        Some(Command::Serve(args)) => {
+            // Bound before the kernel side loads: a bad or busy address
+            // fails at once.
+            let listener = http::bind(&args.metrics)?;
+            let audit = match args.output {
+                Some(output) => Some(audit::Options {
+                    json: true,
+                    connects: args.connects,
+                    output: Some(output),
+                    expect: args.expect.as_deref().map(load_expect).transpose()?,
+                    fail_on_unexpected: false,
+                    duration: None,
+                    count: None,
+                }),
+                None => None,
+            };
+            let mut kernel = Kernel::load(&kernel::Options {
+                btf: &cli.btf,
+                ring_bytes: args.kernel.ring_mib << 20,
+                batch: args.kernel.batch(),
+                events: true,
+                sockets: true,
+                tcp_events: true,
+                bytes: false,
+                procs: true,
+                ports: &[],
+            })?;
+            serve::run(&mut kernel, listener, audit.as_ref())
+        }
         Some(Command::Watch(args)) => {
             let mut kernel = load_kernel(&cli.btf, &args.kernel, (true, true), &[])?;
             let opts = watch::Options {
@@ -238,6 +261,13 @@ fn run(cli: Cli) -> Result<()> {
             watch::run(&mut kernel, &opts)
         }
     }
+}
+
+/// An `--expect` file, parsed; an error names the file and the line.
+fn load_expect(path: &std::path::Path) -> Result<expect::Expected> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    expect::Expected::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// `-s`: kernel counters, plus event counters when there is an interval

@@ -7,6 +7,8 @@
 //!   old and new state, active and passive opens, resets sent and received
 //!   and retransmits, in total and per process.
 //!
+//! `serve` keeps the same event counters as running totals ([`Counters`]).
+//!
 //! Parsing and counting are pure; `run` does the I/O.
 
 use std::{
@@ -147,6 +149,46 @@ pub struct Counts {
     pub transitions: BTreeMap<(TcpState, TcpState), u64>,
 }
 
+impl Counts {
+    /// Counts one event, whatever its owner and family.
+    pub fn count(&mut self, event: &Event) {
+        match event {
+            Event::StateChange(ev) => {
+                *self.transitions.entry((ev.old, ev.new)).or_default() += 1;
+                match (ev.old, ev.new) {
+                    (TcpState::Close, TcpState::SynSent) => self.active_opens += 1,
+                    (TcpState::Listen, TcpState::SynRecv) => self.passive_opens += 1,
+                    _ => {}
+                }
+            }
+            Event::Tcp(ev) => match ev.op {
+                TcpOp::Retransmit => self.retransmits += 1,
+                TcpOp::SendReset => self.resets_sent += 1,
+                TcpOp::ReceiveReset => self.resets_received += 1,
+            },
+            Event::Udp(_) | Event::Exec(_) | Event::Proc { .. } => {}
+        }
+    }
+}
+
+/// Totals since start, for `serve`: no per-process split, so they stay
+/// the same size however long it runs (transitions are at most 12 x 12).
+/// Pure.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Every decoded event, of any kind.
+    pub events: u64,
+    pub tcp: Counts,
+}
+
+impl Counters {
+    /// Counts one decoded event.
+    pub fn apply(&mut self, event: &Event) {
+        self.events += 1;
+        self.tcp.count(event);
+    }
+}
+
 /// Who an event's socket belongs to: pid and comm, or `None` when unknown.
 pub type ProcessKey = Option<(u32, String)>;
 
@@ -183,24 +225,8 @@ impl EventCounts {
             .as_ref()
             .map(|Owner { pid, comm, .. }| (*pid, comm.clone()));
         let per = self.processes.entry(key).or_default();
-        for counts in [&mut self.total, per] {
-            match event {
-                Event::StateChange(ev) => {
-                    *counts.transitions.entry((ev.old, ev.new)).or_default() += 1;
-                    match (ev.old, ev.new) {
-                        (TcpState::Close, TcpState::SynSent) => counts.active_opens += 1,
-                        (TcpState::Listen, TcpState::SynRecv) => counts.passive_opens += 1,
-                        _ => {}
-                    }
-                }
-                Event::Tcp(ev) => match ev.op {
-                    TcpOp::Retransmit => counts.retransmits += 1,
-                    TcpOp::SendReset => counts.resets_sent += 1,
-                    TcpOp::ReceiveReset => counts.resets_received += 1,
-                },
-                Event::Udp(_) | Event::Exec(_) | Event::Proc { .. } => {}
-            }
-        }
+        self.total.count(event);
+        per.count(event);
     }
 
     /// The counts so far, starting again from zero.
@@ -474,5 +500,22 @@ mod tests {
             owner: None,
         }));
         assert_eq!(counts.total, Counts::default());
+    }
+
+    #[test]
+    fn serves_totals_count_every_event_and_keep_no_processes() {
+        let mut totals = Counters::default();
+        totals.apply(&change(tcp_state::CLOSE, tcp_state::LISTEN));
+        totals.apply(&change(tcp_state::LISTEN, tcp_state::SYN_RECV));
+        totals.apply(&Event::Tcp(TcpOpEvent {
+            ts_ns: 1,
+            sock: 0,
+            op: TcpOp::SendReset,
+            family: None,
+            owner: None,
+        }));
+        assert_eq!(totals.events, 3);
+        assert_eq!((totals.tcp.passive_opens, totals.tcp.resets_sent), (1, 1));
+        assert_eq!(totals.tcp.transitions.len(), 2);
     }
 }

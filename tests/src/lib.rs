@@ -249,8 +249,13 @@ impl Bnetstat {
 
     /// Sends SIGINT, waits for bnetstat to exit and returns what it printed.
     pub fn stop(self) -> Output {
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// Sends `signal`, waits for bnetstat to exit and returns what it printed.
+    pub fn stop_with(self, signal: libc::c_int) -> Output {
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
         self.wait()
     }
 

@@ -348,3 +348,42 @@ fn sighup_reopens_the_output_and_sigterm_loses_nothing_already_captured() {
     }
     assert!(!new.contains(&u64::from(ports[0])));
 }
+
+#[test]
+fn serve_writes_the_audit_log_beside_its_metrics() {
+    let dir = TempDir::new();
+    let comm = format!("audsrv-{}", std::process::id() % 100_000);
+    let exe = dir.exe(NETSCENE, &comm);
+    let log = dir.path().join("audit.jsonl");
+    let metrics = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    // Picked before: `free_port` listens, and serve would record it.
+    let port = free_port("127.0.0.1");
+    let serve = Bnetstat::start(&[
+        "serve",
+        "--metrics",
+        &metrics,
+        "--output",
+        log.to_str().expect("utf-8"),
+    ]);
+    let pid = flash(
+        &mut Command::new(&exe),
+        &[format!("tcp-listen=127.0.0.1:{port}")],
+    );
+    wait_for("the listener's records in the log", || {
+        listens_in(&log, &comm).contains(&u64::from(port))
+    });
+    serve.signal(libc::SIGTERM);
+    let out = serve.wait();
+    assert!(out.status.success(), "{}", out.stderr);
+    let records: Vec<Value> = fs::read_to_string(&log)
+        .expect("log")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let ours = about(&records, port);
+    assert_eq!(events(&ours), ["listen", "stop_listen"], "{records:?}");
+    for (event, r) in &ours {
+        assert_eq!(r["pid"], pid, "{event}: {r}");
+        assert_eq!(r["exe"], exe.to_str().expect("utf-8"), "{event}: {r}");
+    }
+}

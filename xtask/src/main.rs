@@ -19,8 +19,17 @@ use clap::{Parser, Subcommand};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The toolchain aya-build compiles the eBPF crate with.
 const NIGHTLY: &str = "nightly";
-/// Debian packages the integration tests use.
-const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "strace", "tmux", "nftables"];
+/// Debian packages the integration tests use (`prometheus` for promtool,
+/// `systemd` for `systemd-analyze verify` of the unit file).
+const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "util-linux",
+    "strace",
+    "tmux",
+    "nftables",
+    "prometheus",
+    "systemd",
+];
 /// The peers `cargo xtask bench` measures bnetstat against.
 const BENCH_PACKAGES: &[&str] = &["libbpf-tools", "iproute2", "net-tools"];
 

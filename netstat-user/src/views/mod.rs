@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod interfaces;
 pub mod life;
+pub mod metrics;
 pub mod routes;
 pub mod stats;
 pub mod table;

@@ -110,7 +110,7 @@ pub fn wanted(s: &Sock, opts: &Options) -> bool {
 }
 
 /// netstat's idea of a server: a TCP listener, or an unconnected UDP socket.
-fn is_listening(s: &Sock) -> bool {
+pub fn is_listening(s: &Sock) -> bool {
     match s.proto {
         Proto::Tcp => s.state == TcpState::Listen,
         Proto::Udp => s.state != TcpState::Established,
