@@ -83,6 +83,7 @@ fn show(
 ) -> Result<()> {
     let mut rate = EventRate::new(clock::boottime_ns());
     let mut last_frame: Option<Instant> = None;
+    let mut frame_us = None;
     let mut dirty = true;
     loop {
         if signals::stop_requested() {
@@ -132,7 +133,9 @@ fn show(
         let stats = Stats {
             events_per_sec: rate.per_second(),
             lost: kernel.lost()?.total(),
+            frame_us,
         };
+        let started = Instant::now();
         // Names come in the background; a later frame shows them.
         names.prefetch(
             model
@@ -157,6 +160,7 @@ fn show(
             })
             .context("drawing")?;
         state.shown(shown.unwrap_or_default());
+        frame_us = u64::try_from(started.elapsed().as_micros()).ok();
         last_frame = Some(Instant::now());
         dirty = false;
     }

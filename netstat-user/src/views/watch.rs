@@ -130,6 +130,9 @@ pub struct Stats {
     pub events_per_sec: u64,
     /// Events the kernel side could not deliver, since start.
     pub lost: u64,
+    /// What the last frame cost to build and draw, in µs: bnetstat's own
+    /// cost of watching, in plain sight.
+    pub frame_us: Option<u64>,
 }
 
 /// A closed socket still on screen.
@@ -692,8 +695,11 @@ pub fn render(
 /// The status line: how many sockets bnetstat tracks and shows, the event
 /// rate, losses, and the viewer's choices.
 fn status(model: &Model, state: &WatchState, stats: Stats, showing: usize) -> String {
+    let frame = stats.frame_us.map_or_else(String::new, |us| {
+        format!(" \u{2502} frame {:.1} ms", us as f64 / 1000.0)
+    });
     let mut out = format!(
-        " {} sockets tracked, {showing} shown \u{2502} {} events/s \u{2502} {} lost \u{2502} sort {} {}",
+        " {} sockets tracked, {showing} shown \u{2502} {} events/s \u{2502} {} lost{frame} \u{2502} sort {} {}",
         model.len(),
         stats.events_per_sec,
         stats.lost,
@@ -1126,6 +1132,7 @@ mod tests {
                 let stats = Stats {
                     events_per_sec: 42,
                     lost: 3,
+                    frame_us: Some(2345),
                 };
                 shown = render(f.area(), f.buffer_mut(), m, st, &Numeric, stats, now);
             })
@@ -1162,7 +1169,7 @@ mod tests {
         );
         assert_eq!(
             lines[6],
-            " 4 sockets tracked, 4 shown \u{2502} 42 events/s \u{2502} 3 lost \u{2502} sort Proto \u{25b2}"
+            " 4 sockets tracked, 4 shown \u{2502} 42 events/s \u{2502} 3 lost \u{2502} frame 2.3 ms \u{2502} sort Proto \u{25b2}"
         );
         assert!(lines[7].starts_with("q quit  s/S"), "{}", lines[7]);
         assert_eq!(shown, Shown { lines: 4, page: 5 });
@@ -1199,7 +1206,7 @@ mod tests {
         assert!(buf[(0, 3)].modifier.contains(Modifier::DIM));
         assert_eq!(
             lines[4],
-            " 2 sockets tracked, 1 shown \u{2502} 42 events/s \u{2502} 3 lost \u{2502} sort Proto \u{25b2} \u{2502} filter \"web\" \u{2502} by process \u{2502} PAUSED"
+            " 2 sockets tracked, 1 shown \u{2502} 42 events/s \u{2502} 3 lost \u{2502} frame 2.3 ms \u{2502} sort Proto \u{25b2} \u{2502} filter \"web\" \u{2502} by process \u{2502} PAUSED"
         );
     }
 
