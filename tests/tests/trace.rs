@@ -241,7 +241,7 @@ fn a_family_filter_keeps_only_that_family() {
     assert_eq!(by_socket(&events).len(), 3, "{events:#?}");
     for ev in &events {
         assert_eq!(ev["family"], "inet6", "{ev}");
-        assert_eq!(ev["lport"] == v6 || ev["rport"] == v6, true, "{ev}");
+        assert!(ev["lport"] == v6 || ev["rport"] == v6, "{ev}");
     }
 }
 
