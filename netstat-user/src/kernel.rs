@@ -60,9 +60,11 @@ pub struct Options<'a> {
     /// How long a busy reader lets records gather between drains: see
     /// [`Kernel::wait`].
     pub batch: Duration,
-    /// Follow events: TCP transitions, and with `sockets` the UDP hooks too
-    /// (which need CAP_NET_ADMIN).
+    /// Follow events: TCP transitions.
     pub events: bool,
+    /// With `events`: UDP sockets' binds, connects and closes, through
+    /// cgroup hooks (which need CAP_NET_ADMIN).
+    pub udp: bool,
     /// What a socket table needs: the fd-table iterator.
     pub sockets: bool,
     /// With `events`: retransmits and resets too.
@@ -94,7 +96,7 @@ pub struct Kernel {
 impl Kernel {
     /// Checks privileges, loads every program and attaches it.
     pub fn load(opts: &Options<'_>) -> Result<Kernel> {
-        check_privileges(opts.events && opts.sockets)?;
+        check_privileges(opts.events && opts.udp)?;
         let offsets = offsets::load(opts.btf)?;
         let btf = Btf::parse_file(opts.btf, Endianness::default())
             .map_err(|e| anyhow!("cannot parse kernel BTF {}: {e}", opts.btf.display()))?;
@@ -131,9 +133,9 @@ impl Kernel {
             let iter: &mut Iter = program(&mut ebpf, name)?.try_into()?;
             iter.load(target, &btf)
                 .map_err(|e| program_error(name, e))?;
-            if opts.events {
-                attach_udp_hooks(&mut ebpf)?;
-            }
+        }
+        if opts.events && opts.udp {
+            attach_udp_hooks(&mut ebpf)?;
         }
         let events = RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?)?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)?;

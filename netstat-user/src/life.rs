@@ -12,7 +12,7 @@ use crate::{
     clock,
     decode::{Event, StateChangeEvent, TcpState, decode},
     kernel::Kernel,
-    signals,
+    seed, signals,
     trace::{Filter, LostReport},
     views::life as view,
 };
@@ -41,6 +41,7 @@ pub fn is_end(ev: &StateChangeEvent) -> bool {
 /// Prints connections as they end, until a stop condition or a signal.
 pub fn run(kernel: &mut Kernel, opts: &Options, out: &mut impl Write) -> Result<()> {
     let deadline = opts.duration.map(|d| Instant::now() + d);
+    seed::owners(kernel)?;
     eprintln!("Tracing TCP connections until they close. Ctrl-C to stop.");
     let boot_to_wall = clock::boot_to_wall_ns();
     if !opts.json {

@@ -78,7 +78,15 @@ fn run(cli: Cli) -> Result<()> {
             let args = cli.table;
             // A table printed once needs no events: the seed is the table.
             let redisplay = args.interval.is_some() || args.continuous;
-            let mut kernel = load_kernel(&cli.btf, &args.kernel, (redisplay, true), &[])?;
+            // A live table follows UDP sockets too, and renames a
+            // process's rows when it execs.
+            let mut kernel = Kernel::load(&kernel::Options {
+                events: redisplay,
+                sockets: true,
+                udp: redisplay,
+                procs: redisplay,
+                ..base(&cli.btf, &args.kernel)
+            })?;
             let netns = netns_filter(args.all_netns)?;
             let opts = connections::Options {
                 view: views::table::Options {
@@ -111,7 +119,13 @@ fn run(cli: Cli) -> Result<()> {
             )
         }
         Some(Command::Trace(args)) => {
-            let mut kernel = load_kernel(&cli.btf, &args.kernel, (true, false), &args.port)?;
+            // The sockets open now are walked once, for their owners.
+            let mut kernel = Kernel::load(&kernel::Options {
+                events: true,
+                sockets: true,
+                ports: &args.port,
+                ..base(&cli.btf, &args.kernel)
+            })?;
             let opts = trace::Options {
                 json: args.json,
                 filter: trace::Filter {
@@ -130,15 +144,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Life(args)) => {
             let mut kernel = Kernel::load(&kernel::Options {
-                btf: &cli.btf,
-                ring_bytes: args.kernel.ring_mib << 20,
-                batch: args.kernel.batch(),
                 events: true,
-                sockets: false,
-                tcp_events: false,
+                sockets: true,
                 bytes: true,
-                procs: false,
                 ports: &args.port,
+                ..base(&cli.btf, &args.kernel)
             })?;
             let opts = life::Options {
                 json: args.json,
@@ -158,15 +168,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Top(args)) => {
             let mut kernel = Kernel::load(&kernel::Options {
-                btf: &cli.btf,
-                ring_bytes: args.kernel.ring_mib << 20,
-                batch: args.kernel.batch(),
                 events: true,
                 sockets: true,
-                tcp_events: false,
                 bytes: true,
-                procs: false,
                 ports: &args.port,
+                ..base(&cli.btf, &args.kernel)
             })?;
             let opts = top::Options {
                 json: args.json,
@@ -191,15 +197,11 @@ fn run(cli: Cli) -> Result<()> {
         Some(Command::Audit(args)) => {
             let expect = args.expect.as_deref().map(load_expect).transpose()?;
             let mut kernel = Kernel::load(&kernel::Options {
-                btf: &cli.btf,
-                ring_bytes: args.kernel.ring_mib << 20,
-                batch: args.kernel.batch(),
                 events: true,
                 sockets: true,
-                tcp_events: false,
-                bytes: false,
+                udp: true,
                 procs: true,
-                ports: &[],
+                ..base(&cli.btf, &args.kernel)
             })?;
             let opts = audit::Options {
                 json: args.json,
@@ -233,20 +235,23 @@ fn run(cli: Cli) -> Result<()> {
                 None => None,
             };
             let mut kernel = Kernel::load(&kernel::Options {
-                btf: &cli.btf,
-                ring_bytes: args.kernel.ring_mib << 20,
-                batch: args.kernel.batch(),
                 events: true,
                 sockets: true,
+                udp: true,
                 tcp_events: true,
-                bytes: false,
                 procs: true,
-                ports: &[],
+                ..base(&cli.btf, &args.kernel)
             })?;
             serve::run(&mut kernel, listener, audit.as_ref())
         }
         Some(Command::Watch(args)) => {
-            let mut kernel = load_kernel(&cli.btf, &args.kernel, (true, true), &[])?;
+            let mut kernel = Kernel::load(&kernel::Options {
+                events: true,
+                sockets: true,
+                udp: true,
+                procs: true,
+                ..base(&cli.btf, &args.kernel)
+            })?;
             let opts = watch::Options {
                 select: views::table::Options {
                     all: true,
@@ -291,15 +296,9 @@ fn stats_command(cli: &Cli) -> Result<()> {
     };
     let mut kernel = if opts.interval.is_some() && opts.shows_tcp() {
         Some(Kernel::load(&kernel::Options {
-            btf: &cli.btf,
-            ring_bytes: args.kernel.ring_mib << 20,
-            batch: args.kernel.batch(),
             events: true,
-            sockets: false,
             tcp_events: true,
-            bytes: false,
-            procs: false,
-            ports: &[],
+            ..base(&cli.btf, &args.kernel)
         })?)
     } else {
         None
@@ -329,22 +328,19 @@ fn family(ipv4: bool, ipv6: bool) -> Option<Family> {
     }
 }
 
-fn load_kernel(
-    btf: &std::path::Path,
-    args: &KernelArgs,
-    (events, sockets): (bool, bool),
-    ports: &[u16],
-) -> Result<Kernel> {
-    Kernel::load(&kernel::Options {
+/// The kernel side with only what every command needs; each command
+/// turns on what it follows.
+fn base<'a>(btf: &'a std::path::Path, args: &KernelArgs) -> kernel::Options<'a> {
+    kernel::Options {
         btf,
         ring_bytes: args.ring_mib << 20,
         batch: args.batch(),
-        events,
-        sockets,
+        events: false,
+        udp: false,
+        sockets: false,
         tcp_events: false,
         bytes: false,
-        // A live table renames a process's rows when it execs.
-        procs: events && sockets,
-        ports,
-    })
+        procs: false,
+        ports: &[],
+    }
 }

@@ -77,6 +77,18 @@ pub fn take(kernel: &mut Kernel, now_ns: u64, scope: &Scope) -> Result<Vec<(u64,
     Ok(rows)
 }
 
+/// Tells the kernel side who owns every TCP socket open now, so that the
+/// transitions of connections older than bnetstat, and the connections
+/// their listeners accept, name their owner.
+pub fn owners(kernel: &mut Kernel) -> Result<()> {
+    let scope = Scope {
+        protos: vec![Proto::Tcp],
+        families: vec![AF_INET, AF_INET6],
+        all_netns: true,
+    };
+    take(kernel, crate::clock::boottime_ns(), &scope).map(drop)
+}
+
 /// Every process running now, read once from `/proc` at start-up: later
 /// ones are told of by the kernel side's exec and fork events.
 pub fn processes() -> Vec<(u32, Process)> {

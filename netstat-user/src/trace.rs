@@ -11,7 +11,7 @@ use crate::{
     clock,
     decode::{Event, Family, Owner, StateChangeEvent, decode},
     kernel::{Kernel, Lost},
-    signals,
+    seed, signals,
     views::trace as view,
 };
 
@@ -65,6 +65,7 @@ const TICK: Duration = Duration::from_millis(100);
 /// Streams transitions to `out` until a stop condition or a signal.
 pub fn run(kernel: &mut Kernel, opts: &Options, out: &mut impl Write) -> Result<()> {
     let deadline = opts.duration.map(|d| Instant::now() + d);
+    seed::owners(kernel)?;
     eprintln!("Tracing TCP state transitions. Ctrl-C to stop.");
     let mut sink = Sink {
         opts,

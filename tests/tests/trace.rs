@@ -197,3 +197,78 @@ fn duration_stops_trace_by_itself() {
         out.stdout
     );
 }
+
+/// A `netscene listen` at `addr:port`, listening.
+fn server(dir: &TempDir, addr: &str, port: u16, tag: &str) -> std::process::Child {
+    let mut server = Command::new(dir.exe(NETSCENE, &format!("srv{tag}")))
+        .args(["listen", addr, &port.to_string()])
+        .stdout(Stdio::piped())
+        .start();
+    let _stdout = wait_for_line(server.stdout.take().expect("stdout"), "listening", T);
+    server
+}
+
+/// One `netscene connect` to `addr:port`, run to its end; and the
+/// server's end.
+fn connect_once(dir: &TempDir, mut server: std::process::Child, addr: &str, port: u16, tag: &str) {
+    let mut client = Command::new(dir.exe(NETSCENE, &format!("cli{tag}")))
+        .args(["connect", addr, &port.to_string()])
+        .start();
+    assert!(wait_timeout(&mut client, T, "client").success());
+    assert!(wait_timeout(&mut server, T, "server").success());
+}
+
+#[test]
+fn a_family_filter_keeps_only_that_family() {
+    let dir = TempDir::new();
+    let (v4, v6) = (free_port("127.0.0.1"), free_port("::1"));
+    let tracer = Bnetstat::start(&[
+        "trace",
+        "--json",
+        "-6",
+        "--port",
+        &v4.to_string(),
+        "--port",
+        &v6.to_string(),
+    ]);
+    let s4 = server(&dir, "127.0.0.1", v4, &format!("f4{v4}"));
+    connect_once(&dir, s4, "127.0.0.1", v4, &format!("f4{v4}"));
+    let s6 = server(&dir, "::1", v6, &format!("f6{v6}"));
+    connect_once(&dir, s6, "::1", v6, &format!("f6{v6}"));
+    thread::sleep(Duration::from_millis(200));
+    let events = tracer.stop().json_lines();
+    // The IPv6 pair's three sockets, and nothing of the IPv4 one.
+    assert_eq!(by_socket(&events).len(), 3, "{events:#?}");
+    for ev in &events {
+        assert_eq!(ev["family"], "inet6", "{ev}");
+        assert!(ev["lport"] == v6 || ev["rport"] == v6, "{ev}");
+    }
+}
+
+#[test]
+fn a_pid_filter_keeps_only_that_processs_sockets() {
+    let dir = TempDir::new();
+    let port = free_port("127.0.0.1");
+    let srv = server(&dir, "127.0.0.1", port, &format!("p{port}"));
+    let pid = srv.id();
+    let tracer = Bnetstat::start(&[
+        "trace",
+        "--json",
+        "--pid",
+        &pid.to_string(),
+        "--port",
+        &port.to_string(),
+    ]);
+    connect_once(&dir, srv, "127.0.0.1", port, &format!("p{port}"));
+    thread::sleep(Duration::from_millis(200));
+    let events = tracer.stop().json_lines();
+    let seen: Vec<String> = by_socket(&events)
+        .values()
+        .map(|evs| transitions(evs)[0].clone())
+        .collect();
+    // The listener and the connection it accepted; not the client's socket.
+    assert_eq!(seen.len(), 2, "{events:#?}");
+    assert!(seen.contains(&"LISTEN -> SYN_RECV".to_owned()), "{seen:?}");
+    assert!(!seen.contains(&"CLOSE -> SYN_SENT".to_owned()), "{seen:?}");
+    assert!(events.iter().all(|ev| ev["pid"] == pid), "{events:#?}");
+}
