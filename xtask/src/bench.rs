@@ -149,34 +149,39 @@ fn goals(
         owned.map_or("-".into(), |s| format!("worst run {:.4}%", s * 100.0)),
         owned.map(|s| s >= 1.0),
     )?;
-    let biggest = tables.iter().max_by_key(|s| s.held);
+    // The goals speak of 100,000 sockets: the size nearest that (each held
+    // connection is two sockets on loopback).
+    let biggest = tables.iter().min_by_key(|s| s.sockets.abs_diff(100_000));
+    let at = biggest.map_or_else(String::new, |s| {
+        format!("{} sockets ({} connections held)", s.sockets, s.held)
+    });
     let speedup = biggest.and_then(|s| s.ratio("ss -tanp", "bnetstat -tanp"));
     row(
-        &format!(
-            "cold `bnetstat -tanp` at {} sockets at least 3× faster than `ss -tanp`",
-            biggest.map_or(0, |s| s.held)
-        ),
+        &format!("cold `bnetstat -tanp` at {at} at least 3× faster than `ss -tanp`"),
         speedup.map_or("-".into(), |x| format!("{x:.2}× faster")),
         speedup.map(|x| x >= 3.0),
     )?;
     let rss = biggest.and_then(|s| s.rss_mib);
     row(
-        &format!(
-            "live memory at {} connections under 100 MiB",
-            biggest.map_or(0, |s| s.held)
-        ),
+        &format!("live memory at {at} under 100 MiB"),
         rss.map_or("-".into(), |m| format!("{m:.1} MiB")),
         rss.map(|m| m < 100.0),
+    )?;
+    let frame = biggest.and_then(|s| s.frame_ms);
+    row(
+        &format!("a `bnetstat watch` frame at {at} well under a frame (16.7 ms)"),
+        frame.map_or("-".into(), |f| {
+            format!("median {:.2} ms, worst {:.2} ms", f.median, f.max)
+        }),
+        frame.map(|f| f.max < 1000.0 / 60.0),
     )?;
     // Met when the slower of CPU and wall is under one frame; how far
     // under is "well" is the reader's call, with the figure in front of them.
     let redisplay = biggest.and_then(|s| s.redisplay);
     row(
         &format!(
-            "redisplay at {} connections ({} TCP sockets) well under a frame (16.7 ms): \
-             `bnetstat -tan 0.2` from its live model",
-            biggest.map_or(0, |s| s.held),
-            biggest.map_or(0, |s| s.sockets)
+            "... and a text redisplay (`bnetstat -tan 0.2` from its live model, every row \
+             printed) at {at}"
         ),
         redisplay.map_or("-".into(), |r| {
             format!("{:.2} ms CPU, {:.2} ms wall", r.cpu_ms, r.wall_ms)

@@ -31,7 +31,7 @@ const TEST_PACKAGES: &[&str] = &[
     "systemd",
 ];
 /// The peers `cargo xtask bench` measures bnetstat against.
-const BENCH_PACKAGES: &[&str] = &["libbpf-tools", "iproute2", "net-tools"];
+const BENCH_PACKAGES: &[&str] = &["libbpf-tools", "iproute2", "net-tools", "tmux"];
 
 #[derive(Parser)]
 #[command(about = "Set up, run and test bnetstat")]

@@ -53,6 +53,9 @@ pub struct Size {
     pub rss_mib: Option<f64>,
     /// What a redisplay of `bnetstat -tan 0.2` costs.
     pub redisplay: Option<Redisplay>,
+    /// What `bnetstat watch` says its frames cost (ms), in a terminal of
+    /// `WATCH_SIZE`.
+    pub frame_ms: Option<Spread>,
 }
 
 /// The cost of one redisplay from the live model, averaged over a window.
@@ -107,12 +110,15 @@ fn size(plan: &Plan, tools: &Tools, held: usize) -> Result<Size> {
     let rss_mib = Some(live_rss(tools).context("bnetstat -tan 60")?);
     eprintln!("xtask: bench table: redisplays of bnetstat -tan {REDISPLAY_EVERY}");
     let redisplay = Some(redisplay(tools).context("redisplaying bnetstat -tan")?);
+    eprintln!("xtask: bench table: bnetstat watch frames");
+    let frame_ms = Some(watch_frames(tools).context("bnetstat watch in tmux")?);
     Ok(Size {
         held,
         sockets,
         times,
         rss_mib,
         redisplay,
+        frame_ms,
     })
 }
 
@@ -257,6 +263,60 @@ fn redisplay(tools: &Tools) -> Result<Redisplay> {
     })
 }
 
+/// The terminal `bnetstat watch` runs in: columns, rows.
+const WATCH_SIZE: (u16, u16) = (160, 50);
+/// How long its frames are read.
+const WATCH_FOR: Duration = Duration::from_secs(6);
+
+/// `bnetstat watch -n` in a detached tmux terminal: the frame cost its
+/// status line shows (`frame 1.2 ms`, the last frame's build and draw),
+/// read off the screen several times a second; each new reading is a
+/// frame (it redraws at least once a second, and at most 20 times).
+fn watch_frames(tools: &Tools) -> Result<Spread> {
+    let session = format!("bnetstat-bench-{}", std::process::id());
+    let (cols, rows) = WATCH_SIZE;
+    let command = format!("{} watch -n", tools.bnetstat.display());
+    crate::output(
+        "tmux",
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            &cols.to_string(),
+            "-y",
+            &rows.to_string(),
+            &command,
+        ],
+    )?;
+    let screen = || crate::output("tmux", &["capture-pane", "-p", "-t", &session]);
+    let reading = |text: &str| -> Option<f64> {
+        let at = text.find("frame ")? + "frame ".len();
+        text[at..].split_whitespace().next()?.parse().ok()
+    };
+    let mut frames = Vec::new();
+    let result = (|| {
+        wait_until("bnetstat watch's first frame cost", TABLE_LIMIT, || {
+            screen().is_ok_and(|s| reading(&s).is_some())
+        })?;
+        let start = Instant::now();
+        let mut last = None;
+        while start.elapsed() < WATCH_FOR {
+            let text = screen()?;
+            let now = reading(&text);
+            if now.is_some() && now != last {
+                frames.extend(now);
+                last = now;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        Spread::of(frames.iter().copied()).context("no frame cost on the screen")
+    })();
+    let _ = crate::output("tmux", &["kill-session", "-t", &session]);
+    result
+}
+
 /// Part 3 of the report.
 pub fn report(md: &mut String, plan: &Plan, sizes: &[Size]) -> Result<()> {
     writeln!(md, "## Time to a complete table\n")?;
@@ -309,6 +369,14 @@ pub fn report(md: &mut String, plan: &Plan, sizes: &[Size]) -> Result<()> {
             "\nbnetstat's resident memory holding this table live (`bnetstat -tan 60`, VmRSS after \
              its first table): {}\n",
             size.rss_mib.map_or("-".into(), |m| format!("{m:.1} MiB"))
+        )?;
+        writeln!(
+            md,
+            "A frame of `bnetstat watch -n` over that live table, as its status line reports \
+             it (build and draw, {}×{} terminal): {} ms\n",
+            WATCH_SIZE.0,
+            WATCH_SIZE.1,
+            show(size.frame_ms, 2)
         )?;
         writeln!(
             md,
