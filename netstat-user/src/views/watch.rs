@@ -6,7 +6,7 @@
 
 use std::{
     cmp::Ordering,
-    collections::HashMap,
+    collections::{BinaryHeap, HashMap},
     net::{IpAddr, SocketAddr},
 };
 
@@ -295,13 +295,19 @@ impl WatchState {
 
     /// Every row now: the model's and the ghosts', marked.
     fn live<'a>(&'a self, model: &'a Model, now_ns: u64) -> impl Iterator<Item = Row<'a>> {
+        self.unmarked(model, now_ns).map(move |mut r| {
+            self.mark(&mut r, now_ns);
+            r
+        })
+    }
+
+    /// Every row now, the model's all `Steady` until [`Self::mark`]ed: a
+    /// frame marks only the rows it shows.
+    fn unmarked<'a>(&'a self, model: &'a Model, now_ns: u64) -> impl Iterator<Item = Row<'a>> {
         let socks = model.iter().map(move |(cookie, sock)| Row {
             cookie,
             sock,
-            mark: match self.fresh.get(&cookie) {
-                Some(&at) if now_ns < at.saturating_add(FRESH_NS) => Mark::Fresh,
-                _ => Mark::Steady,
-            },
+            mark: Mark::Steady,
             at_ns: now_ns,
         });
         // Time decides, not `expire`, so a frame never shows a stale ghost.
@@ -318,6 +324,16 @@ impl WatchState {
         socks.chain(ghosts)
     }
 
+    /// Highlights a live row that is new at `now_ns`.
+    fn mark(&self, r: &mut Row<'_>, now_ns: u64) {
+        if r.mark == Mark::Steady
+            && let Some(&at) = self.fresh.get(&r.cookie)
+            && now_ns < at.saturating_add(FRESH_NS)
+        {
+            r.mark = Mark::Fresh;
+        }
+    }
+
     /// The rows to show at `now_ns` (or as frozen), filtered and sorted.
     pub fn rows<'a>(&'a self, model: &'a Model, names: &dyn Names, now_ns: u64) -> Vec<Row<'a>> {
         let mut rows = self.filtered(model, names, now_ns);
@@ -327,8 +343,8 @@ impl WatchState {
 
     /// The first `k` rows in order, how many rows there are in all, and
     /// how many of those are sockets (not closed ones fading out).
-    /// Only the rows on screen need sorting: selecting them first keeps a
-    /// frame over 100,000 sockets to one pass, not a full sort.
+    /// Only the rows on screen are kept, ranked, sorted and marked: one
+    /// pass over 100,000 sockets with a heap of `k`, no copy of them all.
     fn top_rows<'a>(
         &'a self,
         model: &'a Model,
@@ -336,25 +352,49 @@ impl WatchState {
         now_ns: u64,
         k: usize,
     ) -> (Vec<Row<'a>>, usize, usize) {
-        let rows = self.filtered(model, names, now_ns);
-        let total = rows.len();
-        let showing = rows.iter().filter(|r| r.mark != Mark::Gone).count();
-        // Keys computed once per row, not once per comparison.
-        type Keyed<'a> = ((Key<'a>, NetstatKey<'a>), Row<'a>);
-        let mut keyed: Vec<Keyed<'a>> = rows
-            .into_iter()
-            .map(|r| ((self.sort.key(&r), netstat_key(&r)), r))
-            .collect();
-        let order = |a: &Keyed<'a>, b: &Keyed<'a>| {
-            let by = a.0.cmp(&b.0);
-            if self.reverse { by.reverse() } else { by }
-        };
-        if k < total {
-            keyed.select_nth_unstable_by(k, order);
-            keyed.truncate(k);
+        let terms = self.terms();
+        let rows: Box<dyn Iterator<Item = Row<'a>>> =
+            match &self.frozen {
+                Some(_) => Box::new(self.filtered(model, names, now_ns).into_iter()),
+                None => Box::new(self.unmarked(model, now_ns).filter(|r| {
+                    table::wanted(r.sock, &self.select) && matches(r.sock, &terms, names)
+                })),
+            };
+        let (mut total, mut showing) = (0, 0);
+        let mut best: BinaryHeap<Ranked<'a>> = BinaryHeap::with_capacity(k + 1);
+        for row in rows {
+            total += 1;
+            showing += usize::from(row.mark != Mark::Gone);
+            if k == 0 {
+                continue;
+            }
+            let ranked = Ranked {
+                key: (self.sort.key(&row), netstat_key(&row)),
+                reverse: self.reverse,
+                row,
+            };
+            if best.len() < k {
+                best.push(ranked);
+            } else if best.peek().is_some_and(|worst| ranked < *worst) {
+                best.pop();
+                best.push(ranked);
+            }
         }
-        keyed.sort_by(order);
-        (keyed.into_iter().map(|(_, r)| r).collect(), total, showing)
+        let mut top: Vec<Row<'a>> = best.into_sorted_vec().into_iter().map(|r| r.row).collect();
+        if self.frozen.is_none() {
+            for row in &mut top {
+                self.mark(row, now_ns);
+            }
+        }
+        (top, total, showing)
+    }
+
+    /// The filter's words, lowercase.
+    fn terms(&self) -> Vec<String> {
+        self.filter
+            .split_whitespace()
+            .map(str::to_lowercase)
+            .collect()
     }
 
     /// Every row the selection and the filter let through, unsorted.
@@ -371,11 +411,7 @@ impl WatchState {
                 .collect(),
             None => self.live(model, now_ns).collect(),
         };
-        let terms: Vec<String> = self
-            .filter
-            .split_whitespace()
-            .map(str::to_lowercase)
-            .collect();
+        let terms = self.terms();
         rows.retain(|r| table::wanted(r.sock, &self.select) && matches(r.sock, &terms, names));
         rows
     }
@@ -452,6 +488,35 @@ fn netstat_order(a: &Row<'_>, b: &Row<'_>) -> Ordering {
 
 /// netstat's order as a value, to compute once per row.
 type NetstatKey<'a> = (&'static str, u32, IpAddr, u16, IpAddr, u16, u64);
+
+/// A row with its sort key, ordered as the table is (reversed or not):
+/// what the heap of rows on screen holds.
+struct Ranked<'a> {
+    key: (Key<'a>, NetstatKey<'a>),
+    reverse: bool,
+    row: Row<'a>,
+}
+
+impl Ord for Ranked<'_> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        let by = self.key.cmp(&other.key);
+        if self.reverse { by.reverse() } else { by }
+    }
+}
+
+impl PartialOrd for Ranked<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Ranked<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Ranked<'_> {}
 
 fn netstat_key<'a>(r: &Row<'a>) -> NetstatKey<'a> {
     let s = r.sock;
