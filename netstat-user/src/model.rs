@@ -91,6 +91,9 @@ pub enum TimerKind {
     Probe,
 }
 
+/// Where a connection is: namespace, local and remote address and port.
+type Tuple = (u32, IpAddr, u16, IpAddr, u16);
+
 /// The live table.
 #[derive(Debug, Default)]
 pub struct Model {
@@ -99,6 +102,9 @@ pub struct Model {
     expiries: BinaryHeap<Reverse<(u64, u64)>>,
     /// Rows by owner pid, so an exec renames its rows without a scan.
     by_pid: HashMap<u32, HashSet<u64>>,
+    /// `TIME_WAIT` rows by where they are: the kernel ends one early when a
+    /// new connection takes its addresses and ports, and says nothing.
+    time_wait: HashMap<Tuple, u64>,
     /// The names pids exec'd into since bnetstat started, until they exit:
     /// the kernel side keeps the name an owner had when it opened the
     /// socket, and later events still carry that one.
@@ -114,21 +120,43 @@ impl Model {
         self.insert(cookie, sock);
     }
 
-    /// Adds or replaces a row, keeping the pid index.
+    /// Adds or replaces a row, keeping the indexes.
     fn insert(&mut self, cookie: u64, sock: Sock) {
         let pid = sock.owner.as_ref().map(|o| o.pid);
-        let before = self
-            .socks
-            .insert(cookie, sock)
-            .and_then(|old| old.owner.map(|o| o.pid));
-        self.reindex(cookie, before, pid);
+        if sock.state == TcpState::TimeWait {
+            self.time_wait.insert(sock.tuple(), cookie);
+        }
+        let before = self.socks.insert(cookie, sock);
+        self.forget_time_wait(cookie, before.as_ref());
+        self.reindex(cookie, before.and_then(|old| old.owner.map(|o| o.pid)), pid);
     }
 
-    /// Removes a row, keeping the pid index.
+    /// Removes a row, keeping the indexes.
     fn remove(&mut self, cookie: u64) -> Option<Sock> {
         let sock = self.socks.remove(&cookie)?;
+        self.forget_time_wait(cookie, Some(&sock));
         self.reindex(cookie, sock.owner.as_ref().map(|o| o.pid), None);
         Some(sock)
+    }
+
+    /// Drops `cookie`'s entry in the `TIME_WAIT` index, if `old` (its row
+    /// as it was) put one there.
+    fn forget_time_wait(&mut self, cookie: u64, old: Option<&Sock>) {
+        if let Some(old) = old.filter(|s| s.state == TcpState::TimeWait)
+            && self.time_wait.get(&old.tuple()) == Some(&cookie)
+        {
+            self.time_wait.remove(&old.tuple());
+        }
+    }
+
+    /// A socket other than `cookie` now uses `tuple`: a `TIME_WAIT` row
+    /// there is gone from the kernel, which reused it.
+    fn reused(&mut self, tuple: Tuple, cookie: u64) {
+        if let Some(&old) = self.time_wait.get(&tuple)
+            && old != cookie
+        {
+            self.remove(old);
+        }
     }
 
     /// Moves `cookie` in the pid index from `before` to `after`.
@@ -276,6 +304,9 @@ impl Model {
             }
             return closed;
         }
+        if ev.lport != 0 && ev.rport != 0 {
+            self.reused((ev.netns, ev.laddr, ev.lport, ev.raddr, ev.rport), ev.sock);
+        }
         let (owner, before) = (self.named(&ev.owner), self.owner_pid(ev.sock));
         let (sock, change) = self.row(ev.sock, || Sock::from_event(ev));
         sock.state = ev.new;
@@ -305,6 +336,10 @@ impl Model {
 }
 
 impl Sock {
+    fn tuple(&self) -> Tuple {
+        (self.netns, self.laddr, self.lport, self.raddr, self.rport)
+    }
+
     /// Takes the owner an event names, if it names one; returns the owner's
     /// pid after.
     fn adopt(&mut self, owner: Option<Owner>) -> Option<u32> {
@@ -658,5 +693,34 @@ mod tests {
         m.apply(&udp(2, UdpOp::Bind, 53));
         m.apply(&udp(2, UdpOp::Close, 0));
         assert!(m.by_pid.is_empty(), "{:?}", m.by_pid);
+    }
+
+    #[test]
+    fn a_time_wait_row_goes_when_a_new_connection_reuses_its_ports() {
+        let mut m = Model::default();
+        // An active close leaves a TIME_WAIT row on 40000 -> 80.
+        for (old, new) in [
+            (Close, SynSent),
+            (SynSent, Established),
+            (Established, FinWait1),
+            (FinWait1, FinWait2),
+            (FinWait2, Close),
+        ] {
+            m.apply(&change(1, 1, old, new, owner(9, "c")));
+        }
+        assert_eq!(m.get(1).map(|s| s.state), Some(TimeWait));
+        // The kernel hands those ports to a new connection at once.
+        m.apply(&change(2, 2, Close, SynSent, owner(9, "c")));
+        assert_eq!(m.len(), 2, "a connect has no local port yet");
+        m.apply(&change(2, 3, SynSent, Established, owner(9, "c")));
+        assert_eq!(m.get(1), None, "the TIME_WAIT row is gone");
+        assert_eq!(m.len(), 1);
+        assert!(m.time_wait.is_empty());
+        // An expired one leaves no index entry behind either.
+        m.apply(&change(2, 4, Established, FinWait1, None));
+        m.apply(&change(2, 5, FinWait1, Close, None));
+        assert_eq!(m.time_wait.len(), 1);
+        m.prune(5 + TIME_WAIT_NS);
+        assert!(m.time_wait.is_empty() && m.len() == 0);
     }
 }
