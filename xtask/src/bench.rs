@@ -8,8 +8,8 @@ mod table;
 use std::{
     fmt::Write as _,
     fs,
-    io::{BufRead as _, BufReader},
-    net::TcpListener,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Stdio},
     sync::mpsc,
@@ -95,8 +95,6 @@ pub fn run(plan: &Plan, tools: &Tools) -> Result<String> {
     writeln!(
         md,
         "## Not measured yet\n\n\
-         - `bnetstat serve` (model plus metrics) does not exist yet; its rows are left out. \
-         The model row above (`bnetstat -tan 1`) is the live table that exists today.\n\
          - Part 5, `cargo xtask soak --minutes N` (steady churn, memory sampled every 10 s), is \
          not built yet.\n"
     )?;
@@ -358,14 +356,67 @@ pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -
 
 /// The first line `stdout` prints, within `limit`.
 pub fn first_line(stdout: ChildStdout, limit: Duration, what: &str) -> Result<String> {
+    first_line_later(stdout)
+        .recv_timeout(limit)
+        .with_context(|| format!("timed out after {limit:?} waiting for {what}"))
+}
+
+/// The first line `stdout` prints, read on a thread of its own and sent
+/// when it comes, so the caller can do other things meanwhile.
+pub fn first_line_later(stdout: ChildStdout) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let mut line = String::new();
         let _ = BufReader::new(stdout).read_line(&mut line);
         let _ = tx.send(line);
     });
-    rx.recv_timeout(limit)
-        .with_context(|| format!("timed out after {limit:?} waiting for {what}"))
+    rx
+}
+
+/// Resident memory of `pid` (VmRSS in /proc/PID/status), in MiB.
+pub fn resident_mib(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/status");
+    let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no VmRSS in {path}"))?;
+    Ok(kib / 1024.0)
+}
+
+/// The text `bnetstat serve` answers at `http://127.0.0.1:PORT/metrics`.
+pub fn scrape(port: u16) -> Result<String> {
+    let at = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut conn = TcpStream::connect_timeout(&at, Duration::from_secs(5))
+        .with_context(|| format!("connecting to {at}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .with_context(|| format!("asking {at} for /metrics"))?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)
+        .with_context(|| format!("reading {at}'s answer"))?;
+    match answer.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+        _ => bail!(
+            "{at}/metrics answered {:?}",
+            answer.lines().next().unwrap_or("nothing")
+        ),
+    }
+}
+
+/// `bnetstat_events_lost_total` summed over its causes; None when the
+/// text has no such metric.
+pub fn events_lost(metrics: &str) -> Option<u64> {
+    let samples: Vec<u64> = metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix("bnetstat_events_lost_total")
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse().ok())
+        .collect();
+    (!samples.is_empty()).then(|| samples.iter().sum())
 }
 
 /// CPU seconds (user plus system) `pid` has used so far.
@@ -397,6 +448,19 @@ pub fn free_port() -> Result<u16> {
         .and_then(|l| l.local_addr())
         .context("finding a free loopback port")?
         .port())
+}
+
+/// Two different loopback ports free right now: the load's and the
+/// metrics'. Each is free once its probe closes, so the second could
+/// otherwise be the first again.
+pub fn free_ports() -> Result<(u16, u16)> {
+    let first = free_port()?;
+    loop {
+        let second = free_port()?;
+        if second != first {
+            return Ok((first, second));
+        }
+    }
 }
 
 /// Bytes in `path`, 0 when it does not exist yet.
@@ -462,6 +526,17 @@ mod tests {
         assert_eq!(show(Spread::of([0.5]), 2), "0.50");
         assert_eq!(show(Spread::of([0.5, 1.0, 0.25]), 1), "0.5 (0.2–1.0)");
         assert_eq!(show(None, 1), "-");
+    }
+
+    #[test]
+    fn lost_events_are_summed_over_their_causes() {
+        let text = "# HELP bnetstat_events_lost_total Events lost.\n\
+                    # TYPE bnetstat_events_lost_total counter\n\
+                    bnetstat_events_lost_total{cause=\"ring_full\"} 12\n\
+                    bnetstat_events_lost_total{cause=\"nested\"} 3\n\
+                    bnetstat_events_total 900\n";
+        assert_eq!(events_lost(text), Some(15));
+        assert_eq!(events_lost("bnetstat_events_total 900\n"), None);
     }
 
     #[test]
