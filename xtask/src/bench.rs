@@ -3,6 +3,7 @@
 
 mod ceiling;
 mod churn;
+pub mod soak;
 mod table;
 
 use std::{
@@ -32,6 +33,8 @@ pub struct Plan {
     pub step_secs: u64,
     /// Established connections held open for the table timings.
     pub held: Vec<usize>,
+    /// The short soak at the end.
+    pub soak: soak::Plan,
 }
 
 impl Plan {
@@ -43,6 +46,7 @@ impl Plan {
             threads: 4,
             step_secs: 3,
             held: vec![10_000, 50_000, 100_000],
+            soak: soak::Plan::minutes(2, soak::RATE),
         }
     }
 
@@ -55,6 +59,7 @@ impl Plan {
             threads: 2,
             step_secs: 1,
             held: vec![1_000],
+            soak: soak::Plan::smoke(),
         }
     }
 }
@@ -76,6 +81,8 @@ pub fn run(plan: &Plan, tools: &Tools) -> Result<String> {
     let tables = table::run(plan, tools)?;
     let churn = churn::run(plan, tools)?;
     let ceiling = ceiling::run(plan, tools)?;
+    eprintln!("xtask: bench soak: {} s", plan.soak.secs);
+    let soak = soak::run(&plan.soak, tools)?;
     let mut md = String::new();
     writeln!(md, "# Benchmarks\n")?;
     writeln!(
@@ -91,13 +98,34 @@ pub fn run(plan: &Plan, tools: &Tools) -> Result<String> {
     churn::report(&mut md, plan, tools, &churn)?;
     ceiling::report(&mut md, plan, &ceiling)?;
     table::report(&mut md, plan, &tables)?;
-    goals(&mut md, &churn, &ceiling, &tables)?;
+    let at = match ceiling.defaults() {
+        (Some(loss), _) => soak::Ceiling::At(loss),
+        (None, clean) => soak::Ceiling::Unreached(clean),
+    };
+    soak::report(&mut md, &soak, at)?;
+    goals(&mut md, &churn, &ceiling, &tables, &soak)?;
     writeln!(
         md,
         "## Not measured yet\n\n\
-         - Part 5, `cargo xtask soak --minutes N` (steady churn, memory sampled every 10 s), is \
-         not built yet.\n"
+         - The ceiling of `bnetstat serve` itself: the search runs `bnetstat trace`, whose \
+         reader formats and writes every event; serve's only keeps the table and counters. The \
+         soak's rate is judged against trace's ceiling.\n\
+         - What `bnetstat serve` delivered and with which owner, event by event: it prints no \
+         events, so its rows have its lost-event count instead.\n\
+         - A soak of release length: the bench's is {} s; `cargo xtask soak --minutes N` runs \
+         one of any length by itself.\n",
+        plan.soak.secs
     )?;
+    Ok(md)
+}
+
+/// `cargo xtask soak` alone: part 5's section, the ceiling not measured.
+pub fn soak(plan: &soak::Plan, tools: &Tools) -> Result<String> {
+    fs::create_dir_all(&tools.scratch)
+        .with_context(|| format!("creating {}", tools.scratch.display()))?;
+    let results = soak::run(plan, tools)?;
+    let mut md = String::new();
+    soak::report(&mut md, &results, soak::Ceiling::Unmeasured)?;
     Ok(md)
 }
 
@@ -107,6 +135,7 @@ fn goals(
     churn: &churn::Results,
     ceiling: &ceiling::Results,
     tables: &[table::Size],
+    soak: &soak::Results,
 ) -> Result<()> {
     writeln!(md, "## Goals\n")?;
     writeln!(md, "| goal | this run | met |\n| --- | --- | --- |")?;
@@ -207,6 +236,25 @@ fn goals(
             )
         }),
         worst.map(|w| w.delivered_share() >= 1.0 && w.owner_share() >= 1.0),
+    )?;
+    let below = loss.is_none_or(|l| soak.rate() < l);
+    row(
+        "soak: `bnetstat serve`'s resident memory flat after warm-up and no event lost, at a \
+         rate below the ceiling",
+        format!(
+            "{}, {} lost, at {:.0} transitions/s{}",
+            soak.steady_range()
+                .map_or("memory not judged (soak too short)".into(), |r| {
+                    format!("max − min {r:.1} MiB after warm-up")
+                }),
+            soak.lost().map_or("-".into(), |l| l.to_string()),
+            soak.rate(),
+            if below { "" } else { ", not below the ceiling" }
+        ),
+        soak.flat()
+            .zip(soak.lost())
+            .filter(|_| below)
+            .map(|(flat, lost)| flat && lost == 0),
     )?;
     writeln!(md)?;
     Ok(())
@@ -405,13 +453,13 @@ pub fn scrape(port: u16) -> Result<String> {
     }
 }
 
-/// `bnetstat_events_lost_total` summed over its causes; None when the
-/// text has no such metric.
-pub fn events_lost(metrics: &str) -> Option<u64> {
+/// A metric summed over its labels (`bnetstat_events_lost_total` over its
+/// causes); None when the text has no such metric.
+pub fn metric_sum(metrics: &str, name: &str) -> Option<u64> {
     let samples: Vec<u64> = metrics
         .lines()
         .filter(|l| {
-            l.strip_prefix("bnetstat_events_lost_total")
+            l.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with(['{', ' ']))
         })
         .filter_map(|l| l.rsplit_once(' ')?.1.parse().ok())
@@ -535,8 +583,9 @@ mod tests {
                     bnetstat_events_lost_total{cause=\"ring_full\"} 12\n\
                     bnetstat_events_lost_total{cause=\"nested\"} 3\n\
                     bnetstat_events_total 900\n";
-        assert_eq!(events_lost(text), Some(15));
-        assert_eq!(events_lost("bnetstat_events_total 900\n"), None);
+        assert_eq!(metric_sum(text, "bnetstat_events_lost_total"), Some(15));
+        assert_eq!(metric_sum(text, "bnetstat_events"), None);
+        assert_eq!(metric_sum(text, "bnetstat_events_total"), Some(900));
     }
 
     #[test]

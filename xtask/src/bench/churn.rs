@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
 use super::{
-    Guard, Plan, Spread, Tools, cpu_seconds, events_lost, first_line_later, free_ports, scrape,
+    Guard, Plan, Spread, Tools, cpu_seconds, first_line_later, free_ports, metric_sum, scrape,
     show, spawn_logged, typed, wait_until,
 };
 
@@ -326,7 +326,7 @@ fn measure(config: Config, plan: &Plan, tools: &Tools) -> Result<Run> {
             if config == Config::Serve {
                 // Once, after the drain: the counter only grows.
                 run.lost = match scrape(metrics) {
-                    Ok(text) => events_lost(&text),
+                    Ok(text) => metric_sum(&text, "bnetstat_events_lost_total"),
                     Err(e) => {
                         eprintln!("xtask: no lost-event count from bnetstat serve: {e:#}");
                         None
