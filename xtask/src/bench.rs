@@ -3,13 +3,14 @@
 
 mod ceiling;
 mod churn;
+pub mod soak;
 mod table;
 
 use std::{
     fmt::Write as _,
     fs,
-    io::{BufRead as _, BufReader},
-    net::TcpListener,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Stdio},
     sync::mpsc,
@@ -32,6 +33,8 @@ pub struct Plan {
     pub step_secs: u64,
     /// Established connections held open for the table timings.
     pub held: Vec<usize>,
+    /// The short soak at the end.
+    pub soak: soak::Plan,
 }
 
 impl Plan {
@@ -43,6 +46,7 @@ impl Plan {
             threads: 4,
             step_secs: 3,
             held: vec![10_000, 50_000, 100_000],
+            soak: soak::Plan::minutes(2, soak::RATE),
         }
     }
 
@@ -55,6 +59,7 @@ impl Plan {
             threads: 2,
             step_secs: 1,
             held: vec![1_000],
+            soak: soak::Plan::smoke(),
         }
     }
 }
@@ -76,6 +81,8 @@ pub fn run(plan: &Plan, tools: &Tools) -> Result<String> {
     let tables = table::run(plan, tools)?;
     let churn = churn::run(plan, tools)?;
     let ceiling = ceiling::run(plan, tools)?;
+    eprintln!("xtask: bench soak: {} s", plan.soak.secs);
+    let soak = soak::run(&plan.soak, tools)?;
     let mut md = String::new();
     writeln!(md, "# Benchmarks\n")?;
     writeln!(
@@ -91,15 +98,34 @@ pub fn run(plan: &Plan, tools: &Tools) -> Result<String> {
     churn::report(&mut md, plan, tools, &churn)?;
     ceiling::report(&mut md, plan, &ceiling)?;
     table::report(&mut md, plan, &tables)?;
-    goals(&mut md, &churn, &ceiling, &tables)?;
+    let at = match ceiling.defaults() {
+        (Some(loss), _) => soak::Ceiling::At(loss),
+        (None, clean) => soak::Ceiling::Unreached(clean),
+    };
+    soak::report(&mut md, &soak, at)?;
+    goals(&mut md, &churn, &ceiling, &tables, &soak)?;
     writeln!(
         md,
         "## Not measured yet\n\n\
-         - `bnetstat serve` (model plus metrics) does not exist yet; its rows are left out. \
-         The model row above (`bnetstat -tan 1`) is the live table that exists today.\n\
-         - Part 5, `cargo xtask soak --minutes N` (steady churn, memory sampled every 10 s), is \
-         not built yet.\n"
+         - The ceiling of `bnetstat serve` itself: the search runs `bnetstat trace`, whose \
+         reader formats and writes every event; serve's only keeps the table and counters. The \
+         soak's rate is judged against trace's ceiling.\n\
+         - What `bnetstat serve` delivered and with which owner, event by event: it prints no \
+         events, so its rows have its lost-event count instead.\n\
+         - A soak of release length: the bench's is {} s; `cargo xtask soak --minutes N` runs \
+         one of any length by itself.\n",
+        plan.soak.secs
     )?;
+    Ok(md)
+}
+
+/// `cargo xtask soak` alone: part 5's section, the ceiling not measured.
+pub fn soak(plan: &soak::Plan, tools: &Tools) -> Result<String> {
+    fs::create_dir_all(&tools.scratch)
+        .with_context(|| format!("creating {}", tools.scratch.display()))?;
+    let results = soak::run(plan, tools)?;
+    let mut md = String::new();
+    soak::report(&mut md, &results, soak::Ceiling::Unmeasured)?;
     Ok(md)
 }
 
@@ -109,6 +135,7 @@ fn goals(
     churn: &churn::Results,
     ceiling: &ceiling::Results,
     tables: &[table::Size],
+    soak: &soak::Results,
 ) -> Result<()> {
     writeln!(md, "## Goals\n")?;
     writeln!(md, "| goal | this run | met |\n| --- | --- | --- |")?;
@@ -214,6 +241,25 @@ fn goals(
             )
         }),
         worst.map(|w| w.delivered_share() >= 1.0 && w.owner_share() >= 1.0),
+    )?;
+    let below = loss.is_none_or(|l| soak.rate() < l);
+    row(
+        "soak: `bnetstat serve`'s resident memory flat after warm-up and no event lost, at a \
+         rate below the ceiling",
+        format!(
+            "{}, {} lost, at {:.0} transitions/s{}",
+            soak.steady_range()
+                .map_or("memory not judged (soak too short)".into(), |r| {
+                    format!("max − min {r:.1} MiB after warm-up")
+                }),
+            soak.lost().map_or("-".into(), |l| l.to_string()),
+            soak.rate(),
+            if below { "" } else { ", not below the ceiling" }
+        ),
+        soak.flat()
+            .zip(soak.lost())
+            .filter(|_| below)
+            .map(|(flat, lost)| flat && lost == 0),
     )?;
     writeln!(md)?;
     Ok(())
@@ -363,14 +409,67 @@ pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -
 
 /// The first line `stdout` prints, within `limit`.
 pub fn first_line(stdout: ChildStdout, limit: Duration, what: &str) -> Result<String> {
+    first_line_later(stdout)
+        .recv_timeout(limit)
+        .with_context(|| format!("timed out after {limit:?} waiting for {what}"))
+}
+
+/// The first line `stdout` prints, read on a thread of its own and sent
+/// when it comes, so the caller can do other things meanwhile.
+pub fn first_line_later(stdout: ChildStdout) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let mut line = String::new();
         let _ = BufReader::new(stdout).read_line(&mut line);
         let _ = tx.send(line);
     });
-    rx.recv_timeout(limit)
-        .with_context(|| format!("timed out after {limit:?} waiting for {what}"))
+    rx
+}
+
+/// Resident memory of `pid` (VmRSS in /proc/PID/status), in MiB.
+pub fn resident_mib(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/status");
+    let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no VmRSS in {path}"))?;
+    Ok(kib / 1024.0)
+}
+
+/// The text `bnetstat serve` answers at `http://127.0.0.1:PORT/metrics`.
+pub fn scrape(port: u16) -> Result<String> {
+    let at = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut conn = TcpStream::connect_timeout(&at, Duration::from_secs(5))
+        .with_context(|| format!("connecting to {at}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .with_context(|| format!("asking {at} for /metrics"))?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)
+        .with_context(|| format!("reading {at}'s answer"))?;
+    match answer.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+        _ => bail!(
+            "{at}/metrics answered {:?}",
+            answer.lines().next().unwrap_or("nothing")
+        ),
+    }
+}
+
+/// A metric summed over its labels (`bnetstat_events_lost_total` over its
+/// causes); None when the text has no such metric.
+pub fn metric_sum(metrics: &str, name: &str) -> Option<u64> {
+    let samples: Vec<u64> = metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse().ok())
+        .collect();
+    (!samples.is_empty()).then(|| samples.iter().sum())
 }
 
 /// CPU seconds (user plus system) `pid` has used so far.
@@ -402,6 +501,19 @@ pub fn free_port() -> Result<u16> {
         .and_then(|l| l.local_addr())
         .context("finding a free loopback port")?
         .port())
+}
+
+/// Two different loopback ports free right now: the load's and the
+/// metrics'. Each is free once its probe closes, so the second could
+/// otherwise be the first again.
+pub fn free_ports() -> Result<(u16, u16)> {
+    let first = free_port()?;
+    loop {
+        let second = free_port()?;
+        if second != first {
+            return Ok((first, second));
+        }
+    }
 }
 
 /// Bytes in `path`, 0 when it does not exist yet.
@@ -467,6 +579,18 @@ mod tests {
         assert_eq!(show(Spread::of([0.5]), 2), "0.50");
         assert_eq!(show(Spread::of([0.5, 1.0, 0.25]), 1), "0.5 (0.2–1.0)");
         assert_eq!(show(None, 1), "-");
+    }
+
+    #[test]
+    fn lost_events_are_summed_over_their_causes() {
+        let text = "# HELP bnetstat_events_lost_total Events lost.\n\
+                    # TYPE bnetstat_events_lost_total counter\n\
+                    bnetstat_events_lost_total{cause=\"ring_full\"} 12\n\
+                    bnetstat_events_lost_total{cause=\"nested\"} 3\n\
+                    bnetstat_events_total 900\n";
+        assert_eq!(metric_sum(text, "bnetstat_events_lost_total"), Some(15));
+        assert_eq!(metric_sum(text, "bnetstat_events"), None);
+        assert_eq!(metric_sum(text, "bnetstat_events_total"), Some(900));
     }
 
     #[test]

@@ -52,12 +52,23 @@ enum Task {
     /// Set up, check formatting and lints, run every test, then a smoke bench.
     Test,
     /// Measure bnetstat against tcpstates, tcplife, ss and netstat in the
-    /// same run and write BENCHMARKS.md (needs root; about 12 minutes).
+    /// same run and write BENCHMARKS.md (needs root; about 14 minutes).
     Bench {
         /// Tiny sizes, one repetition: check it works and print the
         /// figures; BENCHMARKS.md is not written.
         #[arg(long)]
         smoke: bool,
+    },
+    /// Run `bnetstat serve` under steady churn for N minutes, sampling its
+    /// memory every 10 s, and print whether it stayed flat and lost
+    /// nothing (needs root).
+    Soak {
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        minutes: u64,
+        /// Connections a second, paced evenly; keep it below the ceiling
+        /// `cargo xtask bench` measures.
+        #[arg(long, default_value_t = bench::soak::RATE)]
+        rate: u64,
     },
 }
 
@@ -132,36 +143,19 @@ fn run(task: Task) -> Result<()> {
             bench(&root, true)
         }
         Task::Bench { smoke } => bench(&root, smoke),
+        Task::Soak { minutes, rate } => {
+            let tools = bench_tools(&root, false)?;
+            let plan = bench::soak::Plan::minutes(minutes, rate);
+            println!("{}", bench::soak(&plan, &tools)?);
+            Ok(())
+        }
     }
 }
 
 /// Installs the peers, builds release bnetstat and the load generator,
 /// runs the bench, prints the report and, unless smoke, writes it.
 fn bench(root: &Path, smoke: bool) -> Result<()> {
-    if !is_root() {
-        bail!("the bench loads eBPF programs and runs tcpstates: run it as root");
-    }
-    setup(BENCH_PACKAGES)?;
-    // libbpf-tools attach classic tracepoints, which need tracefs.
-    tracefs()?;
-    // One cargo call for both: no second lock wait or resolve.
-    cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "netstat-user",
-        "-p",
-        "bnetstat-tests",
-        "--bin",
-        "bnetstat",
-        "--bin",
-        "loadgen",
-    ])?;
-    let tools = bench::Tools {
-        bnetstat: root.join("target/release/bnetstat"),
-        loadgen: root.join("target/release/loadgen"),
-        scratch: root.join("target/bench"),
-    };
+    let tools = bench_tools(root, true)?;
     let plan = if smoke {
         bench::Plan::smoke()
     } else {
@@ -175,6 +169,39 @@ fn bench(root: &Path, smoke: bool) -> Result<()> {
         eprintln!("xtask: wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Checks for root, sets up (with the peers when asked), builds release
+/// bnetstat and the load generator.
+fn bench_tools(root: &Path, peers: bool) -> Result<bench::Tools> {
+    if !is_root() {
+        bail!("the bench and the soak load eBPF programs: run them as root");
+    }
+    if peers {
+        setup(BENCH_PACKAGES)?;
+        // libbpf-tools attach classic tracepoints, which need tracefs.
+        tracefs()?;
+    } else {
+        setup(&[])?;
+    }
+    // One cargo call for both: no second lock wait or resolve.
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "netstat-user",
+        "-p",
+        "bnetstat-tests",
+        "--bin",
+        "bnetstat",
+        "--bin",
+        "loadgen",
+    ])?;
+    Ok(bench::Tools {
+        bnetstat: root.join("target/release/bnetstat"),
+        loadgen: root.join("target/release/loadgen"),
+        scratch: root.join("target/bench"),
+    })
 }
 
 fn workspace_root() -> PathBuf {

@@ -9,6 +9,7 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
+        mpsc,
     },
     thread,
     time::Duration,
@@ -18,8 +19,8 @@ use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
 use super::{
-    Guard, Plan, Spread, Tools, cpu_seconds, file_len, free_port, show, spawn_logged, typed,
-    wait_until,
+    Guard, Plan, Spread, Tools, cpu_seconds, first_line_later, free_ports, metric_sum, scrape,
+    show, spawn_logged, typed, wait_until,
 };
 
 /// What is attached while the load runs.
@@ -27,7 +28,7 @@ use super::{
 pub enum Config {
     Nothing,
     Trace,
-    Model,
+    Serve,
     Tcpstates,
     Tcplife,
     SsPoll,
@@ -36,7 +37,7 @@ pub enum Config {
 const CONFIGS: [Config; 6] = [
     Config::Nothing,
     Config::Trace,
-    Config::Model,
+    Config::Serve,
     Config::Tcpstates,
     Config::Tcplife,
     Config::SsPoll,
@@ -50,22 +51,23 @@ impl Config {
         match self {
             Config::Nothing => "nothing",
             Config::Trace => "trace",
-            Config::Model => "model",
+            Config::Serve => "serve",
             Config::Tcpstates => "tcpstates",
             Config::Tcplife => "tcplife",
             Config::SsPoll => "ss-poll",
         }
     }
 
-    /// The program and arguments, `PORT` standing for the run's port.
+    /// The program and arguments, `PORT` standing for the run's port and
+    /// `METRICS` for the metrics' port.
     fn command(self, tools: &Tools) -> Option<(String, Vec<&'static str>)> {
         let bnetstat = tools.bnetstat.display().to_string();
         Some(match self {
             Config::Nothing => return None,
             Config::Trace => (bnetstat, vec!["trace", "--json", "--port", "PORT"]),
-            // The live table that exists today: kept by events, redisplayed
-            // every second.
-            Config::Model => (bnetstat, vec!["-tan", "1"]),
+            // The live table of every socket, kept by events, and its
+            // metrics rendered every 250 ms; it has no port filter.
+            Config::Serve => (bnetstat, vec!["serve", "--metrics", "127.0.0.1:METRICS"]),
             // Neither can filter on a port at either end (-L and -D must
             // both match), so they trace everything and only lines with the
             // run's port are counted.
@@ -82,7 +84,7 @@ impl Config {
         match self {
             Config::Nothing => "nothing attached",
             Config::Trace => "`bnetstat trace --json`",
-            Config::Model => "model: `bnetstat -tan 1`",
+            Config::Serve => "`bnetstat serve` (model plus metrics)",
             Config::Tcpstates => "`tcpstates`",
             Config::Tcplife => "`tcplife`",
             Config::SsPoll => "`ss -tanp` every 100 ms",
@@ -99,8 +101,8 @@ pub struct Load {
     pid: u32,
     server_pid: u32,
     port: u16,
-    connections: u64,
-    errors: u64,
+    pub connections: u64,
+    pub errors: u64,
     pub seconds: f64,
     pub transitions: u64,
 }
@@ -227,7 +229,6 @@ enum Watcher {
     Process {
         guard: Guard,
         out: std::path::PathBuf,
-        err: std::path::PathBuf,
     },
     Poller {
         stop: Arc<AtomicBool>,
@@ -236,11 +237,13 @@ enum Watcher {
 }
 
 fn measure(config: Config, plan: &Plan, tools: &Tools) -> Result<Run> {
-    let port = free_port()?;
-    let p = port.to_string();
+    let (port, metrics) = free_ports()?;
+    let (p, m) = (port.to_string(), metrics.to_string());
     let command = config.command(tools);
     let args = |args: &[&'static str]| -> Vec<String> {
-        args.iter().map(|a| a.replace("PORT", &p)).collect()
+        args.iter()
+            .map(|a| a.replace("METRICS", &m).replace("PORT", &p))
+            .collect()
     };
     let watcher = match (config, command) {
         (Config::SsPoll, Some((program, a))) => {
@@ -258,11 +261,11 @@ fn measure(config: Config, plan: &Plan, tools: &Tools) -> Result<Run> {
                 &tools.scratch,
                 config.slug(),
             )?;
-            // Attached once it says so: bnetstat trace on stderr, the table
-            // with its first table. libbpf-tools print their header into a
-            // buffer flushed only at exit, so for them: a BPF link and the
-            // epoll their perf buffer is read through, which they create
-            // after attaching.
+            // Attached once it says so on stderr: bnetstat trace, and serve
+            // (which says so once its metrics answer). libbpf-tools print
+            // their header into a buffer flushed only at exit, so for them:
+            // a BPF link and the epoll their perf buffer is read through,
+            // which they create after attaching.
             let mut guard = guard;
             let pid = guard.pid();
             let mut exited = None;
@@ -273,10 +276,9 @@ fn measure(config: Config, plan: &Plan, tools: &Tools) -> Result<Run> {
                     exited = guard.0.try_wait().ok().flatten();
                     exited.is_some()
                         || match config {
-                            Config::Trace => {
+                            Config::Trace | Config::Serve => {
                                 fs::read_to_string(&err).is_ok_and(|s| s.contains("Tracing"))
                             }
-                            Config::Model => file_len(&out) > 0,
                             _ => has_fds(pid, &["anon_inode:bpf_link", "anon_inode:[eventpoll]"]),
                         }
                 },
@@ -288,7 +290,7 @@ fn measure(config: Config, plan: &Plan, tools: &Tools) -> Result<Run> {
                     said.lines().last().unwrap_or("it said nothing")
                 );
             }
-            Watcher::Process { guard, out, err }
+            Watcher::Process { guard, out }
         }
         (_, None) => Watcher::Nothing,
     };
@@ -318,13 +320,22 @@ fn measure(config: Config, plan: &Plan, tools: &Tools) -> Result<Run> {
             run.delivered = Some(seen);
             run.right_pid = Some(right);
         }
-        Watcher::Process { guard, out, err } => {
+        Watcher::Process { guard, out } => {
             let after = cpu_seconds(guard.pid())?;
             run.cpu = cpu_before.map(|b| after - b);
+            if config == Config::Serve {
+                // Once, after the drain: the counter only grows.
+                run.lost = match scrape(metrics) {
+                    Ok(text) => metric_sum(&text, "bnetstat_events_lost_total"),
+                    Err(e) => {
+                        eprintln!("xtask: no lost-event count from bnetstat serve: {e:#}");
+                        None
+                    }
+                };
+            }
             guard.interrupt()?;
             let text =
                 fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
-            let errors = fs::read_to_string(&err).unwrap_or_default();
             match config {
                 Config::Trace => {
                     let t = trace_lines(&text, &load);
@@ -332,14 +343,13 @@ fn measure(config: Config, plan: &Plan, tools: &Tools) -> Result<Run> {
                     run.right_pid = Some(t.right_pid);
                     run.lost = Some(t.lost);
                 }
-                Config::Model => run.lost = Some(stderr_lost(&errors)),
                 Config::Tcpstates => {
                     (run.delivered, run.right_pid) = columns(&text, &load, 1, 4, 6);
                 }
                 Config::Tcplife => {
                     (run.delivered, run.right_pid) = columns(&text, &load, 0, 3, 5);
                 }
-                Config::Nothing | Config::SsPoll => {}
+                Config::Nothing | Config::Serve | Config::SsPoll => {}
             }
             // Hundreds of megabytes at full size: not kept.
             let _ = fs::remove_file(&out);
@@ -364,30 +374,60 @@ fn has_fds(pid: u32, targets: &[&str]) -> bool {
 /// Runs the load generator, bounded in time: `threads` clients for `secs`,
 /// at most `rate` connections a second when given.
 pub fn load(tools: &Tools, port: u16, threads: u64, secs: u64, rate: Option<u64>) -> Result<Load> {
-    let mut args = vec![
-        "churn".to_owned(),
-        port.to_string(),
-        threads.to_string(),
-        secs.to_string(),
-    ];
-    args.extend(rate.map(|r| r.to_string()));
-    let mut guard = Guard::spawn(
-        Command::new(&tools.loadgen)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped()),
-    )?;
-    let stdout = guard.0.stdout.take().context("loadgen stdout")?;
-    let line = super::first_line(
-        stdout,
-        Duration::from_secs(secs + 60),
-        "the load generator's result",
-    )?;
-    let status = guard.finish(Duration::from_secs(10), "the load generator to exit")?;
-    if !status.success() {
-        bail!("the load generator failed ({status})");
+    Loading::start(tools, port, threads, secs, rate)?.finish()
+}
+
+/// The load generator running; killed (with its server) when dropped.
+pub struct Loading {
+    guard: Guard,
+    result: mpsc::Receiver<String>,
+    secs: u64,
+}
+
+impl Loading {
+    /// Starts what [`load`] runs, and returns at once.
+    pub fn start(
+        tools: &Tools,
+        port: u16,
+        threads: u64,
+        secs: u64,
+        rate: Option<u64>,
+    ) -> Result<Loading> {
+        let mut args = vec![
+            "churn".to_owned(),
+            port.to_string(),
+            threads.to_string(),
+            secs.to_string(),
+        ];
+        args.extend(rate.map(|r| r.to_string()));
+        let mut guard = Guard::spawn(
+            Command::new(&tools.loadgen)
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped()),
+        )?;
+        let stdout = guard.0.stdout.take().context("loadgen stdout")?;
+        Ok(Loading {
+            guard,
+            result: first_line_later(stdout),
+            secs,
+        })
     }
-    serde_json::from_str(&line).with_context(|| format!("the load generator printed {line:?}"))
+
+    /// Waits for its result.
+    pub fn finish(self) -> Result<Load> {
+        let limit = Duration::from_secs(self.secs + 60);
+        let line = self.result.recv_timeout(limit).with_context(|| {
+            format!("timed out after {limit:?} waiting for the load generator's result")
+        })?;
+        let status = self
+            .guard
+            .finish(Duration::from_secs(10), "the load generator to exit")?;
+        if !status.success() {
+            bail!("the load generator failed ({status})");
+        }
+        serde_json::from_str(&line).with_context(|| format!("the load generator printed {line:?}"))
+    }
 }
 
 /// Polls `ss` until told to stop; returns each poll's output.
@@ -485,16 +525,6 @@ fn json_number(line: &str, key: &str) -> Option<u64> {
     rest[..end].parse().ok()
 }
 
-/// The events bnetstat's table said it lost, from lines like
-/// `bnetstat: 12 events lost: the table may be out of date`.
-fn stderr_lost(text: &str) -> u64 {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("bnetstat: "))
-        .filter(|l| l.contains("events lost"))
-        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// Lines of a libbpf-tools table with the run's port in the LPORT or
 /// RPORT column, and how many of them have the right owner in the PID
 /// column (columns from 0).
@@ -576,8 +606,10 @@ pub fn report(md: &mut String, plan: &Plan, tools: &Tools, results: &Results) ->
          over the count the generator caused; for `tcplife`, sessions over 2 per connection \
          (it prints one line per socket, not transitions); for `ss`, connections seen live \
          (any state but TIME-WAIT, which outlives the run and would make every connection look \
-         seen) over connections made. The model prints tables, not events: only what it \
-         reported lost is shown.\n\
+         seen) over connections made. `bnetstat serve` prints no events, so it has no delivered \
+         or right-pid figure; its lost column is `bnetstat_events_lost_total` (both causes) \
+         from one scrape of its metrics after the drain. It traces every socket on the host, \
+         not only PORT's, as `tcpstates` and `tcplife` do.\n\
          - right pid: the share of delivered lines naming the right process (server for sockets \
          on PORT, client otherwise).\n\
          - CPU: user-space CPU, the user plus system time (utime+stime in /proc/PID/stat) of \
@@ -586,13 +618,26 @@ pub fn report(md: &mut String, plan: &Plan, tools: &Tools, results: &Results) ->
          it lands in the load's own time, so it shows in the rate column instead.\n\
          - connection attempts that failed part-way, over all runs: {errors}.\n"
     )?;
-    writeln!(md, "Commands (PORT is each run's port):\n\n```sh")?;
+    writeln!(
+        md,
+        "Commands (PORT is each run's port, METRICS another free port):\n\n```sh"
+    )?;
     for config in CONFIGS {
         if let Some((program, args)) = config.command(tools) {
             let program = program.replace(
                 &*tools.bnetstat.display().to_string(),
                 "target/release/bnetstat",
             );
+            let args: Vec<&str> = args
+                .iter()
+                .map(|a| {
+                    if a.contains("METRICS") {
+                        "127.0.0.1:METRICS"
+                    } else {
+                        a
+                    }
+                })
+                .collect();
             writeln!(md, "{}", typed(&program, &args))?;
         }
     }
@@ -650,12 +695,5 @@ mod tests {
                     ffff 7 loadgen 127.0.0.1 9000 127.0.0.1 40000 SYN_RECV -> ESTABLISHED 0.01\n\
                     ffff 7 loadgen 127.0.0.1 1234 127.0.0.1 4321 SYN_SENT -> ESTABLISHED 0.01\n";
         assert_eq!(columns(text, &LOAD, 1, 4, 6), (Some(3), Some(2)));
-    }
-
-    #[test]
-    fn lost_events_are_read_from_the_tables_stderr() {
-        let text = "bnetstat: 12 events lost: the table may be out of date\nother\n\
-                    bnetstat: 3 events lost: the table may be out of date\n";
-        assert_eq!(stderr_lost(text), 15);
     }
 }

@@ -13,8 +13,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    Guard, Plan, Spread, Tools, cpu_seconds, file_len, first_line, free_port, show, spawn_logged,
-    ticks_per_second, wait_until,
+    Guard, Plan, Spread, Tools, cpu_seconds, file_len, first_line, free_port, resident_mib, show,
+    spawn_logged, ticks_per_second, wait_until,
 };
 
 /// Connections per holder process: two fds each must fit under the hard
@@ -192,16 +192,10 @@ fn live_rss(tools: &Tools) -> Result<f64> {
         }
         len > 0 && last.1.elapsed() > Duration::from_secs(1)
     })?;
-    let path = format!("/proc/{}/status", guard.pid());
-    let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("no VmRSS in {path}"))?;
+    let mib = resident_mib(guard.pid())?;
     drop(guard);
     let _ = fs::remove_file(&out);
-    Ok(kib / 1024.0)
+    Ok(mib)
 }
 
 /// `bnetstat -tan 0.2` for `REDISPLAY_FOR` and `REDISPLAYS` after its
