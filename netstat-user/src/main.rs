@@ -66,7 +66,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    signals::install().context("installing signal handlers")?;
+    // audit and serve re-open their log on SIGHUP.
+    let reopens = matches!(cli.command, Some(Command::Audit(_) | Command::Serve(_)));
+    signals::install(reopens).context("installing signal handlers")?;
     match cli.command {
         None => {
             if cli.table.statistics {

@@ -17,15 +17,22 @@ extern "C" fn on_hangup(_: libc::c_int) {
     HANGUP.store(true, Ordering::Relaxed);
 }
 
-/// Routes SIGINT and SIGTERM to [`stop_requested`], SIGHUP to
-/// [`take_hangup`]. Without `SA_RESTART`, so a blocked `poll` returns at once.
-pub fn install() -> io::Result<()> {
+/// Routes SIGINT and SIGTERM to [`stop_requested`], and with `hangup`
+/// SIGHUP to [`take_hangup`]. Without `SA_RESTART`, so a blocked `poll`
+/// returns at once. Only commands that re-open a file on SIGHUP catch it:
+/// for the rest it keeps its default and ends them, as a terminal that
+/// goes away must (`watch` would otherwise read a hung-up terminal for
+/// ever).
+pub fn install(hangup: bool) -> io::Result<()> {
     let handlers: [(libc::c_int, extern "C" fn(libc::c_int)); 3] = [
         (libc::SIGINT, on_stop),
         (libc::SIGTERM, on_stop),
         (libc::SIGHUP, on_hangup),
     ];
     for (sig, handler) in handlers {
+        if sig == libc::SIGHUP && !hangup {
+            continue;
+        }
         // SAFETY: a zeroed sigaction with a handler that only stores an atomic.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();

@@ -369,3 +369,29 @@ fn sigterm_restores_the_terminal_too() {
     tmux.wait_for("the shell again", |s| s.iter().any(|l| l == "EXITED 0"));
     assert_eq!(tmux.format("#{alternate_on} #{cursor_flag}"), "0 1");
 }
+
+#[test]
+fn a_terminal_that_goes_away_ends_watch() {
+    let tmux = Tmux::start("hup", 120, 30, &watch_command("-n"));
+    tmux.wait_for("the table", |s| {
+        s.iter().any(|l| l.contains("sockets tracked"))
+    });
+    let sh = tmux.format("#{pane_pid}");
+    let children = std::fs::read_to_string(format!("/proc/{sh}/task/{sh}/children"))
+        .expect("the shell's children");
+    let pid = children
+        .split_whitespace()
+        .next()
+        .expect("bnetstat's pid")
+        .to_owned();
+    // The pane's terminal hangs up: bnetstat must not go on reading it.
+    drop(tmux);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "bnetstat watch ({pid}) outlived its terminal"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
