@@ -14,7 +14,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use netstat_common::{AF_INET, AF_INET6};
 
 use crate::{
     cgroups::CgroupNames,
@@ -132,13 +131,11 @@ impl<'a> Recording<'a> {
     /// nothing).
     pub fn event(&mut self, event: &Event) -> io::Result<()> {
         self.auditor.procs.apply(event);
-        if matches!(event, Event::StateChange(_) | Event::Udp(_)) {
-            for record in self.auditor.recorder.apply(event) {
-                if self.auditor.full() {
-                    break;
-                }
-                self.auditor.write(&record, self.out.writer())?;
+        for record in self.auditor.recorder.apply(event) {
+            if self.auditor.full() {
+                break;
             }
+            self.auditor.write(&record, self.out.writer())?;
         }
         Ok(())
     }
@@ -174,21 +171,15 @@ impl<'a> Recording<'a> {
     }
 }
 
-/// The sockets a start-up snapshot takes for an audit: every TCP and UDP
-/// socket of every network namespace.
-pub fn scope() -> seed::Scope {
-    seed::Scope {
-        protos: vec![Proto::Tcp, Proto::Udp],
-        families: vec![AF_INET, AF_INET6],
-        all_netns: true,
-    }
-}
-
 /// Records port events until a stop condition or a signal; fails at the
 /// end when `--fail-on-unexpected` and a record broke `--expect`.
 pub fn run(kernel: &mut Kernel, opts: &Options, stdout: &mut impl Write) -> Result<()> {
     let now = clock::boottime_ns();
-    let socks = seed::take(kernel, now, &scope())?;
+    let socks = seed::take(
+        kernel,
+        now,
+        &seed::Scope::everywhere(&[Proto::Tcp, Proto::Udp]),
+    )?;
     let mut recording = Recording::start(opts, stdout, &socks, now)?;
     drop(socks);
     eprintln!("Tracing port events. Ctrl-C to stop.");

@@ -32,6 +32,17 @@ pub struct Scope {
     pub all_netns: bool,
 }
 
+impl Scope {
+    /// Every socket of `protos`, both families, every network namespace.
+    pub fn everywhere(protos: &[Proto]) -> Scope {
+        Scope {
+            protos: protos.to_vec(),
+            families: vec![AF_INET, AF_INET6],
+            all_netns: true,
+        }
+    }
+}
+
 /// Takes the snapshot at `now_ns` (`CLOCK_BOOTTIME`) and tells the kernel
 /// side the owners it found.
 pub fn take(kernel: &mut Kernel, now_ns: u64, scope: &Scope) -> Result<Vec<(u64, Sock)>> {
@@ -81,11 +92,7 @@ pub fn take(kernel: &mut Kernel, now_ns: u64, scope: &Scope) -> Result<Vec<(u64,
 /// transitions of connections older than bnetstat, and the connections
 /// their listeners accept, name their owner.
 pub fn owners(kernel: &mut Kernel) -> Result<()> {
-    let scope = Scope {
-        protos: vec![Proto::Tcp],
-        families: vec![AF_INET, AF_INET6],
-        all_netns: true,
-    };
+    let scope = Scope::everywhere(&[Proto::Tcp]);
     take(kernel, crate::clock::boottime_ns(), &scope).map(drop)
 }
 

@@ -25,6 +25,7 @@ use crate::{
     kernel::Kernel,
     model::Model,
     seed, signals,
+    sockdiag::Proto,
     stats::Counters,
     usage::Units,
     views::metrics,
@@ -67,7 +68,11 @@ pub fn run(
 ) -> Result<()> {
     let units = Units::read()?;
     let now = clock::boottime_ns();
-    let socks = seed::take(kernel, now, &audit::scope())?;
+    let socks = seed::take(
+        kernel,
+        now,
+        &seed::Scope::everywhere(&[Proto::Tcp, Proto::Udp]),
+    )?;
     // The log is a file: nothing is written to stdout.
     let mut nowhere = io::sink();
     let log = match audit {
@@ -140,7 +145,7 @@ fn seeded(kernel: &mut Kernel) -> Result<Model> {
     Ok(model_of(seed::take(
         kernel,
         clock::boottime_ns(),
-        &audit::scope(),
+        &seed::Scope::everywhere(&[Proto::Tcp, Proto::Udp]),
     )?))
 }
 
