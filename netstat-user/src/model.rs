@@ -2,7 +2,9 @@
 //! events. Pure: no I/O, no clock of its own; O(1) per event.
 //!
 //! Rows are keyed by socket cookie, which the kernel never reuses, so a
-//! socket reopened at the same address or 4-tuple is a new row.
+//! socket reopened at the same address or 4-tuple is a new row. They are
+//! kept side by side, each with a [`Brief`] of it, so a view that ranks
+//! every row each frame reads 64 bytes a row, one after the other.
 //!
 //! The seed is a snapshot taken after the programs are attached, so events
 //! queued meanwhile may predate it. Applying them in order after the seed
@@ -15,6 +17,7 @@
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap, HashSet},
+    mem,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -52,6 +55,104 @@ pub struct Sock {
     pub since_ns: Option<u64>,
     /// For `TIME_WAIT`: when the kernel lets it go (`CLOCK_BOOTTIME` ns).
     pub expires_ns: Option<u64>,
+}
+
+/// A row in brief: what choosing and ordering the rows of a big table
+/// looks at, in 64 bytes with nothing behind a pointer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Brief {
+    pub cookie: u64,
+    /// `Sock::since_ns`, or `NEVER`.
+    since_ns: u64,
+    pub netns: u32,
+    /// The owner's pid, or `NO_PID`.
+    pid: u32,
+    /// The addresses as numbers (see [`End`]); `v6` says which are IPv6.
+    laddr: u128,
+    raddr: u128,
+    pub lport: u16,
+    pub rport: u16,
+    pub proto: Proto,
+    pub family: Family,
+    pub state: TcpState,
+    /// `LOCAL_V6` and `REMOTE_V6`, set for the addresses that are IPv6.
+    v6: u8,
+}
+
+const _: () = assert!(size_of::<Brief>() == 64);
+
+/// A `since_ns` no clock reaches: not seen.
+const NEVER: u64 = u64::MAX;
+/// A pid the kernel never hands out (they stop at 2^22): no owner.
+const NO_PID: u32 = u32::MAX;
+const LOCAL_V6: u8 = 1;
+const REMOTE_V6: u8 = 2;
+
+impl Brief {
+    /// The brief of `cookie`'s row `sock`.
+    pub fn of(cookie: u64, sock: &Sock) -> Brief {
+        let v6 = |addr: IpAddr, bit| if addr.is_ipv6() { bit } else { 0 };
+        Brief {
+            cookie,
+            since_ns: sock.since_ns.unwrap_or(NEVER),
+            netns: sock.netns,
+            pid: sock.owner.as_ref().map_or(NO_PID, |o| o.pid),
+            laddr: number(sock.laddr),
+            raddr: number(sock.raddr),
+            lport: sock.lport,
+            rport: sock.rport,
+            proto: sock.proto,
+            family: sock.family,
+            state: sock.state,
+            v6: v6(sock.laddr, LOCAL_V6) | v6(sock.raddr, REMOTE_V6),
+        }
+    }
+
+    /// The owner's pid, if the owner is known.
+    pub fn pid(&self) -> Option<u32> {
+        (self.pid != NO_PID).then_some(self.pid)
+    }
+
+    /// When it entered its state (`CLOCK_BOOTTIME` ns), if seen.
+    pub fn since_ns(&self) -> Option<u64> {
+        (self.since_ns != NEVER).then_some(self.since_ns)
+    }
+
+    /// The local address and port.
+    pub fn local(&self) -> End {
+        End {
+            v6: self.v6 & LOCAL_V6 != 0,
+            addr: self.laddr,
+            port: self.lport,
+        }
+    }
+
+    /// The remote address and port.
+    pub fn remote(&self) -> End {
+        End {
+            v6: self.v6 & REMOTE_V6 != 0,
+            addr: self.raddr,
+            port: self.rport,
+        }
+    }
+}
+
+/// One end of a connection, ordered as `(IpAddr, u16)` is: IPv4 before
+/// IPv6, then by address, then by port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct End {
+    v6: bool,
+    addr: u128,
+    port: u16,
+}
+
+/// An address as a number, which orders addresses of one version as
+/// `Ipv4Addr` and `Ipv6Addr` do.
+fn number(addr: IpAddr) -> u128 {
+    match addr {
+        IpAddr::V4(a) => u32::from(a).into(),
+        IpAddr::V6(a) => u128::from(a),
+    }
 }
 
 /// What one event did to the table, for views that show change.
@@ -97,7 +198,12 @@ type Tuple = (u32, IpAddr, u16, IpAddr, u16);
 /// The live table.
 #[derive(Debug, Default)]
 pub struct Model {
-    socks: HashMap<u64, Sock>,
+    /// Every row, side by side: a removal moves the last row into the gap.
+    socks: Vec<Sock>,
+    /// Each row's brief, at its row's index.
+    briefs: Vec<Brief>,
+    /// Each row's index in `socks` and `briefs`, by cookie.
+    slots: HashMap<u64, usize>,
     /// `TIME_WAIT` rows by expiry: no event marks their end.
     expiries: BinaryHeap<Reverse<(u64, u64)>>,
     /// Rows by owner pid, so an exec renames its rows without a scan.
@@ -120,20 +226,48 @@ impl Model {
         self.insert(cookie, sock);
     }
 
+    /// `cookie`'s row, if it has one.
+    fn get(&self, cookie: u64) -> Option<&Sock> {
+        self.slots.get(&cookie).map(|&i| &self.socks[i])
+    }
+
+    /// Adds a row at the end, with its brief; returns its index.
+    fn push(&mut self, cookie: u64, sock: Sock) -> usize {
+        let i = self.socks.len();
+        self.briefs.push(Brief::of(cookie, &sock));
+        self.socks.push(sock);
+        self.slots.insert(cookie, i);
+        i
+    }
+
     /// Adds or replaces a row, keeping the indexes.
     fn insert(&mut self, cookie: u64, sock: Sock) {
         let pid = sock.owner.as_ref().map(|o| o.pid);
         if sock.state == TcpState::TimeWait {
             self.time_wait.insert(sock.tuple(), cookie);
         }
-        let before = self.socks.insert(cookie, sock);
+        let before = match self.slots.get(&cookie) {
+            Some(&i) => {
+                self.briefs[i] = Brief::of(cookie, &sock);
+                Some(mem::replace(&mut self.socks[i], sock))
+            }
+            None => {
+                self.push(cookie, sock);
+                None
+            }
+        };
         self.forget_time_wait(cookie, before.as_ref());
         self.reindex(cookie, before.and_then(|old| old.owner.map(|o| o.pid)), pid);
     }
 
     /// Removes a row, keeping the indexes.
     fn remove(&mut self, cookie: u64) -> Option<Sock> {
-        let sock = self.socks.remove(&cookie)?;
+        let i = self.slots.remove(&cookie)?;
+        let sock = self.socks.swap_remove(i);
+        self.briefs.swap_remove(i);
+        if let Some(moved) = self.briefs.get(i) {
+            self.slots.insert(moved.cookie, i);
+        }
         self.forget_time_wait(cookie, Some(&sock));
         self.reindex(cookie, sock.owner.as_ref().map(|o| o.pid), None);
         Some(sock)
@@ -179,7 +313,7 @@ impl Model {
 
     /// The pid of `cookie`'s owner, if it has a row and an owner.
     fn owner_pid(&self, cookie: u64) -> Option<u32> {
-        self.socks.get(&cookie)?.owner.as_ref().map(|o| o.pid)
+        self.get(cookie)?.owner.as_ref().map(|o| o.pid)
     }
 
     /// An event's owner under the name its pid exec'd into, if it did.
@@ -195,7 +329,12 @@ impl Model {
     fn exec(&mut self, ev: &ExecInfo) {
         let pid = ev.owner.pid;
         for cookie in self.by_pid.get(&pid).into_iter().flatten() {
-            if let Some(owner) = self.socks.get_mut(cookie).and_then(|s| s.owner.as_mut()) {
+            // The pid stays, and a brief has no name: it stays as it is.
+            if let Some(owner) = self
+                .slots
+                .get(cookie)
+                .and_then(|&i| self.socks[i].owner.as_mut())
+            {
                 owner.comm.clone_from(&ev.owner.comm);
             }
         }
@@ -211,11 +350,7 @@ impl Model {
                 break;
             }
             self.expiries.pop();
-            if self
-                .socks
-                .get(&cookie)
-                .is_some_and(|s| s.expires_ns == Some(at))
-            {
+            if self.get(cookie).is_some_and(|s| s.expires_ns == Some(at)) {
                 gone.extend(self.remove(cookie).map(|s| (cookie, s)));
             }
         }
@@ -248,38 +383,47 @@ impl Model {
             .map_or(Change::Nothing, |last| Change::Closed(cookie, last))
     }
 
-    /// The row for `cookie`, made by `new` if there is none yet, and whether
-    /// it was.
-    fn row(&mut self, cookie: u64, new: impl FnOnce() -> Sock) -> (&mut Sock, Change) {
-        let change = if self.socks.contains_key(&cookie) {
-            Change::Changed(cookie)
-        } else {
-            Change::Opened(cookie)
+    /// Changes `cookie`'s row by `update`, made by `new` first if there is
+    /// none yet, keeping its brief and the pid index in step; says which.
+    fn row(
+        &mut self,
+        cookie: u64,
+        new: impl FnOnce() -> Sock,
+        update: impl FnOnce(&mut Sock),
+    ) -> Change {
+        let before = self.owner_pid(cookie);
+        let (i, change) = match self.slots.get(&cookie) {
+            Some(&i) => (i, Change::Changed(cookie)),
+            None => (self.push(cookie, new()), Change::Opened(cookie)),
         };
-        (self.socks.entry(cookie).or_insert_with(new), change)
+        let sock = &mut self.socks[i];
+        update(sock);
+        let after = sock.owner.as_ref().map(|o| o.pid);
+        self.briefs[i] = Brief::of(cookie, sock);
+        self.reindex(cookie, before, after);
+        change
     }
 
     fn udp(&mut self, ev: &UdpSocketEvent) -> Change {
         if ev.op == UdpOp::Close {
             return self.close(ev.sock);
         }
-        let (owner, before) = (self.named(&ev.owner), self.owner_pid(ev.sock));
-        let (sock, change) = self.row(ev.sock, || {
-            Sock::new(Proto::Udp, ev.family, TcpState::Close, ev.netns)
-        });
-        match ev.op {
-            UdpOp::Bind => (sock.laddr, sock.lport) = (ev.addr, ev.port),
-            // The kernel connects after this hook returns; a connect that
-            // fails leaves a row that says connected until the socket closes.
-            _ => {
-                (sock.raddr, sock.rport) = (ev.addr, ev.port);
-                sock.state = TcpState::Established;
+        let owner = self.named(&ev.owner);
+        let new = || Sock::new(Proto::Udp, ev.family, TcpState::Close, ev.netns);
+        self.row(ev.sock, new, |sock| {
+            match ev.op {
+                UdpOp::Bind => (sock.laddr, sock.lport) = (ev.addr, ev.port),
+                // The kernel connects after this hook returns; a connect that
+                // fails leaves a row that says connected until the socket
+                // closes.
+                _ => {
+                    (sock.raddr, sock.rport) = (ev.addr, ev.port);
+                    sock.state = TcpState::Established;
+                }
             }
-        }
-        sock.since_ns = Some(ev.ts_ns);
-        let after = sock.adopt(owner);
-        self.reindex(ev.sock, before, after);
-        change
+            sock.since_ns = Some(ev.ts_ns);
+            sock.adopt(owner);
+        })
     }
 
     fn state_change(&mut self, ev: &StateChangeEvent) -> Change {
@@ -307,21 +451,21 @@ impl Model {
         if ev.lport != 0 && ev.rport != 0 {
             self.reused((ev.netns, ev.laddr, ev.lport, ev.raddr, ev.rport), ev.sock);
         }
-        let (owner, before) = (self.named(&ev.owner), self.owner_pid(ev.sock));
-        let (sock, change) = self.row(ev.sock, || Sock::from_event(ev));
-        sock.state = ev.new;
-        sock.since_ns = Some(ev.ts_ns);
-        sock.timer = None;
-        sock.expires_ns = None;
-        // connect() reports the state change before it picks the local
-        // port: keep what is known rather than show port 0.
-        if ev.lport != 0 || sock.lport == 0 {
-            (sock.laddr, sock.lport) = (ev.laddr, ev.lport);
-        }
-        (sock.raddr, sock.rport) = (ev.raddr, ev.rport);
-        let after = sock.adopt(owner);
-        self.reindex(ev.sock, before, after);
-        change
+        let owner = self.named(&ev.owner);
+        let new = || Sock::from_event(ev);
+        self.row(ev.sock, new, |sock| {
+            sock.state = ev.new;
+            sock.since_ns = Some(ev.ts_ns);
+            sock.timer = None;
+            sock.expires_ns = None;
+            // connect() reports the state change before it picks the local
+            // port: keep what is known rather than show port 0.
+            if ev.lport != 0 || sock.lport == 0 {
+                (sock.laddr, sock.lport) = (ev.laddr, ev.lport);
+            }
+            (sock.raddr, sock.rport) = (ev.raddr, ev.rport);
+            sock.adopt(owner);
+        })
     }
 
     /// How many sockets it tracks.
@@ -331,7 +475,12 @@ impl Model {
 
     /// Every socket, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, &Sock)> {
-        self.socks.iter().map(|(&k, v)| (k, v))
+        self.rows().map(|(b, s)| (b.cookie, s))
+    }
+
+    /// Every socket with its brief, in no particular order.
+    pub fn rows(&self) -> impl Iterator<Item = (&Brief, &Sock)> {
+        self.briefs.iter().zip(&self.socks)
     }
 }
 
@@ -340,14 +489,12 @@ impl Sock {
         (self.netns, self.laddr, self.lport, self.raddr, self.rport)
     }
 
-    /// Takes the owner an event names, if it names one; returns the owner's
-    /// pid after.
-    fn adopt(&mut self, owner: Option<Owner>) -> Option<u32> {
+    /// Takes the owner an event names, if it names one.
+    fn adopt(&mut self, owner: Option<Owner>) {
         if let Some(owner) = owner {
             self.uid.get_or_insert(owner.uid);
             self.owner = Some(owner);
         }
-        self.owner.as_ref().map(|o| o.pid)
     }
 
     /// A row with nothing known but what it is: addresses unspecified.
@@ -446,12 +593,6 @@ mod tests {
     }
 
     use TcpState::*;
-
-    impl Model {
-        fn get(&self, cookie: u64) -> Option<&Sock> {
-            self.socks.get(&cookie)
-        }
-    }
 
     #[test]
     fn a_connection_the_seed_missed_is_created_by_its_events_and_removed_at_close() {
@@ -722,5 +863,150 @@ mod tests {
         assert_eq!(m.time_wait.len(), 1);
         m.prune(5 + TIME_WAIT_NS);
         assert!(m.time_wait.is_empty() && m.len() == 0);
+    }
+
+    /// Every row is where its cookie says, with its brief up to date.
+    fn assert_consistent(m: &Model) {
+        assert_eq!(m.briefs.len(), m.socks.len());
+        assert_eq!(m.slots.len(), m.socks.len());
+        for (i, (brief, sock)) in m.rows().enumerate() {
+            assert_eq!(m.slots.get(&brief.cookie), Some(&i), "{brief:?}");
+            assert_eq!(*brief, Brief::of(brief.cookie, sock));
+        }
+    }
+
+    fn cookies(m: &Model) -> Vec<u64> {
+        let mut all: Vec<u64> = m.iter().map(|(c, _)| c).collect();
+        all.sort_unstable();
+        all
+    }
+
+    fn listeners(m: &mut Model, cookies: impl IntoIterator<Item = u64>) {
+        for c in cookies {
+            let mut s = seeded(Listen, owner(c as u32, "srv"));
+            s.lport = 1000 + c as u16;
+            m.seed(c, s);
+        }
+    }
+
+    #[test]
+    fn a_row_that_goes_from_the_middle_leaves_its_place_to_the_last() {
+        let mut m = Model::default();
+        listeners(&mut m, 1..=5);
+        m.apply(&change(2, 1, Listen, Close, None));
+        assert_consistent(&m);
+        assert_eq!(cookies(&m), [1, 3, 4, 5]);
+        assert_eq!(m.get(5).map(|s| s.lport), Some(1005), "the last moved");
+        m.apply(&change(4, 2, Listen, Close, None));
+        m.apply(&change(1, 3, Listen, Close, None));
+        assert_consistent(&m);
+        assert_eq!(cookies(&m), [3, 5]);
+        m.apply(&change(5, 4, Listen, Close, None));
+        m.apply(&change(3, 5, Listen, Close, None));
+        assert_consistent(&m);
+        assert_eq!(m.len(), 0);
+    }
+
+    #[test]
+    fn a_cookie_back_after_its_row_went_gets_a_new_row() {
+        let mut m = Model::default();
+        listeners(&mut m, 1..=3);
+        m.apply(&change(1, 1, Listen, Close, None));
+        assert_eq!(
+            m.apply(&change(1, 2, Close, SynSent, owner(9, "again"))),
+            Change::Opened(1)
+        );
+        assert_consistent(&m);
+        let s = m.get(1).expect("row");
+        assert_eq!((s.state, s.lport, s.since_ns), (SynSent, 0, Some(2)));
+        assert_eq!(m.len(), 3);
+    }
+
+    #[test]
+    fn every_change_to_a_row_is_in_its_brief() {
+        let mut m = Model::default();
+        let brief = |m: &Model, c| {
+            assert_consistent(m);
+            m.rows().find(|(b, _)| b.cookie == c).map(|(b, _)| *b)
+        };
+        m.apply(&udp(1, UdpOp::Bind, 5353));
+        let b = brief(&m, 1).expect("bound");
+        assert_eq!(
+            (b.proto, b.state, b.lport, b.pid()),
+            (Proto::Udp, Close, 5353, Some(77))
+        );
+        assert_eq!(b.since_ns(), Some(1));
+        m.apply(&udp(1, UdpOp::Connect, 53));
+        let b = brief(&m, 1).expect("connected");
+        assert_eq!((b.state, b.rport), (Established, 53));
+        m.seed(2, seeded(Established, None));
+        let b = brief(&m, 2).expect("seeded");
+        assert_eq!((b.pid(), b.since_ns()), (None, None));
+        m.apply(&change(2, 7, Established, FinWait1, owner(5, "late")));
+        let b = brief(&m, 2).expect("closing");
+        assert_eq!(
+            (b.state, b.pid(), b.since_ns()),
+            (FinWait1, Some(5), Some(7))
+        );
+        m.apply(&exec(5, "renamed"));
+        assert_eq!(brief(&m, 2).and_then(|b| b.pid()), Some(5));
+        m.apply(&change(2, 8, FinWait1, Close, None));
+        assert_eq!(brief(&m, 2).map(|b| b.state), Some(TimeWait));
+        m.apply(&udp(1, UdpOp::Close, 0));
+        assert_eq!(brief(&m, 1), None);
+    }
+
+    #[test]
+    fn a_reused_time_wait_and_expired_ones_leave_every_row_in_its_place() {
+        let mut m = Model::default();
+        listeners(&mut m, [10, 11]);
+        // TIME_WAITs on 40000 -> 80 (cookie 1), then 40001 .. 40003.
+        for (c, lport) in [(1, 40000), (2, 40001), (3, 40002), (4, 40003)] {
+            let Event::StateChange(mut ev) = change(c, c, FinWait2, Close, None) else {
+                unreachable!()
+            };
+            ev.lport = lport;
+            m.apply(&Event::StateChange(ev));
+        }
+        listeners(&mut m, [12]);
+        assert_consistent(&m);
+        m.apply(&change(5, 9, SynSent, Established, owner(9, "c")));
+        assert_eq!(m.get(1), None, "reused");
+        assert_consistent(&m);
+        m.prune(3 + TIME_WAIT_NS);
+        assert_eq!(cookies(&m), [4, 5, 10, 11, 12]);
+        assert_consistent(&m);
+        m.prune(4 + TIME_WAIT_NS);
+        assert_eq!(cookies(&m), [5, 10, 11, 12]);
+        assert_consistent(&m);
+    }
+
+    #[test]
+    fn ends_sort_as_addresses_and_ports_do() {
+        let v4 = |s: &str| s.parse::<Ipv4Addr>().map(IpAddr::V4).expect("v4");
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().map(IpAddr::V6).expect("v6");
+        let ends = [
+            (v4("0.0.0.0"), 0),
+            (v4("0.0.0.1"), 80),
+            (v4("9.255.255.255"), 1),
+            (v4("10.0.0.1"), 80),
+            (v4("10.0.0.1"), 443),
+            (v4("255.255.255.255"), 65535),
+            (v6("::"), 0),
+            (v6("::1"), 80),
+            (v6("::ffff:10.0.0.1"), 80),
+            (v6("fe80::1"), 22),
+            (v6("ffff::"), 1),
+        ];
+        let end = |(addr, port): (IpAddr, u16)| {
+            let mut s = seeded(Listen, None);
+            (s.laddr, s.lport) = (addr, port);
+            Brief::of(0, &s).local()
+        };
+        for a in ends {
+            for b in ends {
+                assert_eq!(end(a).cmp(&end(b)), a.cmp(&b), "{a:?} against {b:?}");
+            }
+        }
     }
 }

@@ -137,10 +137,11 @@ fn show(
         };
         let started = Instant::now();
         // Names come in the background; a later frame shows them.
+        let selection = table::Selection::new(select);
         names.prefetch(
             model
-                .iter()
-                .filter(|(_, s)| table::wanted(s, select))
+                .rows()
+                .filter(|(b, _)| selection.picks(b))
                 .flat_map(|(_, s)| [s.laddr, s.raddr]),
             Duration::ZERO,
         );

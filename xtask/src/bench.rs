@@ -19,6 +19,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use clap::ValueEnum;
 
 /// How big and how long.
 pub struct Plan {
@@ -62,6 +63,14 @@ impl Plan {
             soak: soak::Plan::smoke(),
         }
     }
+}
+
+/// A part of the bench that can run alone.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Part {
+    /// Part 3: time to a complete table, memory holding it live, the cost
+    /// of a redisplay and of a `bnetstat watch` frame.
+    Table,
 }
 
 /// The binaries under test and where scratch output goes.
@@ -116,6 +125,20 @@ pub fn run(plan: &Plan, tools: &Tools) -> Result<String> {
          one of any length by itself.\n",
         plan.soak.secs
     )?;
+    Ok(md)
+}
+
+/// One part alone: the machine, then the part's section of the report.
+pub fn part(part: Part, plan: &Plan, tools: &Tools) -> Result<String> {
+    fs::create_dir_all(&tools.scratch)
+        .with_context(|| format!("creating {}", tools.scratch.display()))?;
+    let mut md = machine()?;
+    match part {
+        Part::Table => {
+            let tables = table::run(plan, tools)?;
+            table::report(&mut md, plan, &tables)?;
+        }
+    }
     Ok(md)
 }
 

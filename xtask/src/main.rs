@@ -58,6 +58,10 @@ enum Task {
         /// figures; BENCHMARKS.md is not written.
         #[arg(long)]
         smoke: bool,
+        /// Run only this part and print its figures; BENCHMARKS.md is not
+        /// written.
+        #[arg(long, value_enum)]
+        only: Option<bench::Part>,
     },
     /// Run `bnetstat serve` under steady churn for N minutes, sampling its
     /// memory every 10 s, and print whether it stayed flat and lost
@@ -140,9 +144,9 @@ fn run(task: Task) -> Result<()> {
                 bail!("tests failed");
             }
             // CI exercises the bench too: seconds of it, no timing asserted.
-            bench(&root, true)
+            bench(&root, true, None)
         }
-        Task::Bench { smoke } => bench(&root, smoke),
+        Task::Bench { smoke, only } => bench(&root, smoke, only),
         Task::Soak { minutes, rate } => {
             let tools = bench_tools(&root, false)?;
             let plan = bench::soak::Plan::minutes(minutes, rate);
@@ -153,17 +157,21 @@ fn run(task: Task) -> Result<()> {
 }
 
 /// Installs the peers, builds release bnetstat and the load generator,
-/// runs the bench, prints the report and, unless smoke, writes it.
-fn bench(root: &Path, smoke: bool) -> Result<()> {
+/// runs the bench (or `only` one part of it), prints the report and,
+/// unless smoke or one part, writes it.
+fn bench(root: &Path, smoke: bool, only: Option<bench::Part>) -> Result<()> {
     let tools = bench_tools(root, true)?;
     let plan = if smoke {
         bench::Plan::smoke()
     } else {
         bench::Plan::full()
     };
-    let report = bench::run(&plan, &tools)?;
+    let report = match only {
+        Some(part) => bench::part(part, &plan, &tools)?,
+        None => bench::run(&plan, &tools)?,
+    };
     println!("{report}");
-    if !smoke {
+    if !smoke && only.is_none() {
         let path = root.join("BENCHMARKS.md");
         std::fs::write(&path, report).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("xtask: wrote {}", path.display());

@@ -33,7 +33,7 @@ pub fn render(model: &Model, counters: &Counters, lost: Lost, usage: &SelfUsage)
     let mut listeners: HashMap<&str, u64> = HashMap::new();
     for (_, s) in model.iter() {
         *by_state.entry((proto_name(s), state_label(s))).or_default() += 1;
-        if is_listening(s) {
+        if is_listening(s.proto, s.state) {
             *listeners.entry(proto_name(s)).or_default() += 1;
         }
     }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::{
     decode::{Family, TcpState},
     escape::printable,
-    model::{Model, Sock, TimerKind},
+    model::{Brief, Model, Sock, TimerKind},
     sockdiag::Proto,
 };
 
@@ -66,7 +66,12 @@ pub trait Names {
 
 /// The sockets `opts` selects, in display order.
 pub fn select<'m>(model: &'m Model, opts: &Options) -> Vec<(u64, &'m Sock)> {
-    let mut rows: Vec<(u64, &Sock)> = model.iter().filter(|(_, s)| wanted(s, opts)).collect();
+    let selection = Selection::new(opts);
+    let mut rows: Vec<(u64, &Sock)> = model
+        .rows()
+        .filter(|(b, _)| selection.picks(b))
+        .map(|(b, s)| (b.cookie, s))
+        .collect();
     // Cookies are unique, so no two keys are equal: an unstable sort is exact.
     rows.sort_unstable_by(|(ca, a), (cb, b)| {
         (
@@ -91,29 +96,60 @@ pub fn select<'m>(model: &'m Model, opts: &Options) -> Vec<(u64, &'m Sock)> {
     rows
 }
 
-/// Whether `opts` selects `s`.
-pub fn wanted(s: &Sock, opts: &Options) -> bool {
-    let (tcp, udp) = if opts.tcp || opts.udp || opts.unix {
-        (opts.tcp, opts.udp)
-    } else {
-        (true, true)
-    };
-    (match s.proto {
-        Proto::Tcp => tcp,
-        Proto::Udp => udp,
-    }) && opts.family.is_none_or(|f| f == s.family)
-        && opts.netns.is_none_or(|n| n == s.netns)
-        && shows(opts, is_listening(s))
-        && (opts.ports.is_empty() || opts.ports.contains(&s.lport) || opts.ports.contains(&s.rport))
-        && (opts.pids.is_empty() || s.owner.as_ref().is_some_and(|o| opts.pids.contains(&o.pid)))
-        && (opts.states.is_empty() || opts.states.contains(&s.state))
+/// The sockets [`Options`] select, made ready to test every row of a big
+/// table against.
+pub struct Selection<'o> {
+    tcp: bool,
+    udp: bool,
+    opts: &'o Options,
+    /// Whether `--port`, `--pid` or `--state` narrow it further.
+    listed: bool,
+}
+
+impl Selection<'_> {
+    /// What `opts` select.
+    pub fn new(opts: &Options) -> Selection<'_> {
+        let (tcp, udp) = if opts.tcp || opts.udp || opts.unix {
+            (opts.tcp, opts.udp)
+        } else {
+            (true, true)
+        };
+        Selection {
+            tcp,
+            udp,
+            opts,
+            listed: !(opts.ports.is_empty() && opts.pids.is_empty() && opts.states.is_empty()),
+        }
+    }
+
+    /// Whether it selects the socket `b` is the brief of.
+    #[inline]
+    pub fn picks(&self, b: &Brief) -> bool {
+        let opts = self.opts;
+        (match b.proto {
+            Proto::Tcp => self.tcp,
+            Proto::Udp => self.udp,
+        }) && opts.family.is_none_or(|f| f == b.family)
+            && opts.netns.is_none_or(|n| n == b.netns)
+            && shows(opts, is_listening(b.proto, b.state))
+            && (!self.listed || self.lists(b))
+    }
+
+    /// The rarely given part of [`Self::picks`], out of the common way.
+    #[inline(never)]
+    fn lists(&self, b: &Brief) -> bool {
+        let opts = self.opts;
+        (opts.ports.is_empty() || opts.ports.contains(&b.lport) || opts.ports.contains(&b.rport))
+            && (opts.pids.is_empty() || b.pid().is_some_and(|p| opts.pids.contains(&p)))
+            && (opts.states.is_empty() || opts.states.contains(&b.state))
+    }
 }
 
 /// netstat's idea of a server: a TCP listener, or an unconnected UDP socket.
-pub fn is_listening(s: &Sock) -> bool {
-    match s.proto {
-        Proto::Tcp => s.state == TcpState::Listen,
-        Proto::Udp => s.state != TcpState::Established,
+pub fn is_listening(proto: Proto, state: TcpState) -> bool {
+    match proto {
+        Proto::Tcp => state == TcpState::Listen,
+        Proto::Udp => state != TcpState::Established,
     }
 }
 

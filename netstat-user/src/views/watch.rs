@@ -18,11 +18,11 @@ use ratatui::{
 };
 
 use crate::{
-    decode::Owner,
+    decode::{Family, Owner, TcpState},
     escape::printable,
-    model::{Change, Model, Sock},
+    model::{Brief, Change, End, Model, Sock},
     sockdiag::Proto,
-    views::table::{self, Names, proto_name, state_name},
+    views::table::{self, Names, Selection, proto_name, state_name},
 };
 
 /// How long a new row stays highlighted.
@@ -138,13 +138,14 @@ pub struct Stats {
 /// A closed socket still on screen.
 #[derive(Debug)]
 struct Ghost {
+    brief: Brief,
     sock: Sock,
     closed_ns: u64,
 }
 
-/// A row as it was when the view was paused: cookie, socket, mark, and
-/// the moment its age is measured at.
-type FrozenRow = (u64, Sock, Mark, u64);
+/// A row as it was when the view was paused: brief (with the cookie),
+/// socket, mark, and the moment its age is measured at.
+type FrozenRow = (Brief, Sock, Mark, u64);
 
 /// Everything about the screen but the sockets themselves.
 #[derive(Debug)]
@@ -198,6 +199,7 @@ impl WatchState {
                 self.ghosts.insert(
                     cookie,
                     Ghost {
+                        brief: Brief::of(cookie, &sock),
                         sock,
                         closed_ns: now_ns,
                     },
@@ -287,46 +289,46 @@ impl WatchState {
             return;
         }
         let rows = self
-            .live(model, now_ns)
-            .map(|r| (r.cookie, r.sock.clone(), r.mark, r.at_ns))
+            .unmarked(model, now_ns)
+            .map(|(brief, mut r)| {
+                self.mark(&mut r, now_ns);
+                (*brief, r.sock.clone(), r.mark, r.at_ns)
+            })
             .collect();
         self.frozen = Some(rows);
     }
 
-    /// Every row now: the model's and the ghosts', marked.
-    fn live<'a>(&'a self, model: &'a Model, now_ns: u64) -> impl Iterator<Item = Row<'a>> {
-        self.unmarked(model, now_ns).map(move |mut r| {
-            self.mark(&mut r, now_ns);
-            r
-        })
+    /// Every row now, each with its brief: the model's and the ghosts'.
+    fn unmarked<'a>(
+        &'a self,
+        model: &'a Model,
+        now_ns: u64,
+    ) -> impl Iterator<Item = (&'a Brief, Row<'a>)> {
+        socks(model, now_ns).chain(self.fading(now_ns))
     }
 
-    /// Every row now, the model's all `Steady` until [`Self::mark`]ed: a
-    /// frame marks only the rows it shows.
-    fn unmarked<'a>(&'a self, model: &'a Model, now_ns: u64) -> impl Iterator<Item = Row<'a>> {
-        let socks = model.iter().map(move |(cookie, sock)| Row {
-            cookie,
-            sock,
-            mark: Mark::Steady,
-            at_ns: now_ns,
-        });
+    /// The closed rows still on screen at `now_ns`, each with its brief.
+    fn fading(&self, now_ns: u64) -> impl Iterator<Item = (&Brief, Row<'_>)> {
         // Time decides, not `expire`, so a frame never shows a stale ghost.
-        let ghosts = self
-            .ghosts
-            .iter()
-            .filter(move |(_, g)| now_ns < g.closed_ns.saturating_add(GHOST_NS))
-            .map(|(&cookie, g)| Row {
-                cookie,
-                sock: &g.sock,
-                mark: Mark::Gone,
-                at_ns: g.closed_ns,
-            });
-        socks.chain(ghosts)
+        self.ghosts
+            .values()
+            .filter(move |g| now_ns < g.closed_ns.saturating_add(GHOST_NS))
+            .map(|g| {
+                let row = Row {
+                    cookie: g.brief.cookie,
+                    sock: &g.sock,
+                    mark: Mark::Gone,
+                    at_ns: g.closed_ns,
+                };
+                (&g.brief, row)
+            })
     }
 
-    /// Highlights a live row that is new at `now_ns`.
+    /// Highlights a live row that is new at `now_ns`; a frozen row keeps
+    /// the mark it had.
     fn mark(&self, r: &mut Row<'_>, now_ns: u64) {
-        if r.mark == Mark::Steady
+        if self.frozen.is_none()
+            && r.mark == Mark::Steady
             && let Some(&at) = self.fresh.get(&r.cookie)
             && now_ns < at.saturating_add(FRESH_NS)
         {
@@ -336,15 +338,12 @@ impl WatchState {
 
     /// The rows to show at `now_ns` (or as frozen), filtered and sorted.
     pub fn rows<'a>(&'a self, model: &'a Model, names: &dyn Names, now_ns: u64) -> Vec<Row<'a>> {
-        let mut rows = self.filtered(model, names, now_ns);
-        rows.sort_by(|a, b| self.order(a, b));
-        rows
+        self.top_rows(model, names, now_ns, usize::MAX).0
     }
 
     /// The first `k` rows in order, how many rows there are in all, and
-    /// how many of those are sockets (not closed ones fading out).
-    /// Only the rows on screen are kept, ranked, sorted and marked: one
-    /// pass over 100,000 sockets with a heap of `k`, no copy of them all.
+    /// how many of those are sockets (not closed ones fading out). Each
+    /// column's order is a key made of the brief, but for the program name.
     fn top_rows<'a>(
         &'a self,
         model: &'a Model,
@@ -352,41 +351,80 @@ impl WatchState {
         now_ns: u64,
         k: usize,
     ) -> (Vec<Row<'a>>, usize, usize) {
-        let terms = self.terms();
-        let rows: Box<dyn Iterator<Item = Row<'a>>> =
-            match &self.frozen {
-                Some(_) => Box::new(self.filtered(model, names, now_ns).into_iter()),
-                None => Box::new(self.unmarked(model, now_ns).filter(|r| {
-                    table::wanted(r.sock, &self.select) && matches(r.sock, &terms, names)
-                })),
-            };
-        let (mut total, mut showing) = (0, 0);
-        let mut best: BinaryHeap<Ranked<'a>> = BinaryHeap::with_capacity(k + 1);
-        for row in rows {
-            total += 1;
-            showing += usize::from(row.mark != Mark::Gone);
-            if k == 0 {
-                continue;
+        // netstat's order breaks ties: protocol, namespace, local end,
+        // remote end, and the cookie, which no two rows share. Sorted by
+        // protocol, it is the whole order.
+        fn netstat(b: &Brief) -> (u8, u32, End, End, u64) {
+            (proto_rank(b), b.netns, b.local(), b.remote(), b.cookie)
+        }
+        match self.sort {
+            Column::Proto => self.top_by(model, names, now_ns, k, |b, _| netstat(b)),
+            Column::Local => self.top_by(model, names, now_ns, k, |b, _| (b.local(), netstat(b))),
+            Column::Remote => self.top_by(model, names, now_ns, k, |b, _| (b.remote(), netstat(b))),
+            Column::State => {
+                self.top_by(model, names, now_ns, k, |b, _| (state_rank(b), netstat(b)))
             }
-            let ranked = Ranked {
-                key: (self.sort.key(&row), netstat_key(&row)),
-                reverse: self.reverse,
-                row,
-            };
-            if best.len() < k {
-                best.push(ranked);
-            } else if best.peek().is_some_and(|worst| ranked < *worst) {
-                best.pop();
-                best.push(ranked);
+            // Sockets with no known owner sort after those with one.
+            Column::Pid => self.top_by(model, names, now_ns, k, |b, _| {
+                (b.pid().map_or(u64::MAX, u64::from), netstat(b))
+            }),
+            Column::Program => self.top_by(model, names, now_ns, k, |b, r| {
+                let name = r
+                    .sock
+                    .owner
+                    .as_ref()
+                    .map_or("\u{10ffff}", |o| o.comm.as_str());
+                (name, netstat(b))
+            }),
+            // Youngest first; a socket older than bnetstat is oldest.
+            Column::Age => self.top_by(model, names, now_ns, k, |b, r| {
+                let age = age(b.since_ns(), r.at_ns).unwrap_or(u64::MAX);
+                (age, netstat(b))
+            }),
+        }
+    }
+
+    /// [`Self::top_rows`], ranked by `key`. Only the rows on screen are
+    /// kept, sorted and marked: one pass over 100,000 sockets with a heap
+    /// of `k`, no copy of them all, which reads their briefs and not the
+    /// sockets unless a filter or the key needs them.
+    fn top_by<'a, K: Ord>(
+        &'a self,
+        model: &'a Model,
+        names: &dyn Names,
+        now_ns: u64,
+        k: usize,
+        key: impl Fn(&Brief, &Row<'a>) -> K,
+    ) -> (Vec<Row<'a>>, usize, usize) {
+        let mut top = Top {
+            selection: Selection::new(&self.select),
+            terms: self.terms(),
+            names,
+            key,
+            k,
+            reverse: self.reverse,
+            best: BinaryHeap::new(),
+            total: 0,
+            showing: 0,
+        };
+        match &self.frozen {
+            Some(rows) => rows.iter().map(thaw).for_each(|(b, r)| top.offer(b, r)),
+            None => {
+                socks(model, now_ns).for_each(|(b, r)| top.offer(b, r));
+                self.fading(now_ns).for_each(|(b, r)| top.offer(b, r));
             }
         }
-        let mut top: Vec<Row<'a>> = best.into_sorted_vec().into_iter().map(|r| r.row).collect();
-        if self.frozen.is_none() {
-            for row in &mut top {
-                self.mark(row, now_ns);
-            }
-        }
-        (top, total, showing)
+        let rows = top
+            .best
+            .into_sorted_vec()
+            .into_iter()
+            .map(|r| {
+                let mut row = r.row;
+                self.mark(&mut row, now_ns);
+                row
+            })
+            .collect();
+        (rows, top.total, top.showing)
     }
 
     /// The filter's words, lowercase.
@@ -395,35 +433,6 @@ impl WatchState {
             .split_whitespace()
             .map(str::to_lowercase)
             .collect()
-    }
-
-    /// Every row the selection and the filter let through, unsorted.
-    fn filtered<'a>(&'a self, model: &'a Model, names: &dyn Names, now_ns: u64) -> Vec<Row<'a>> {
-        let mut rows: Vec<Row<'a>> = match &self.frozen {
-            Some(rows) => rows
-                .iter()
-                .map(|(cookie, sock, mark, at_ns)| Row {
-                    cookie: *cookie,
-                    sock,
-                    mark: *mark,
-                    at_ns: *at_ns,
-                })
-                .collect(),
-            None => self.live(model, now_ns).collect(),
-        };
-        let terms = self.terms();
-        rows.retain(|r| table::wanted(r.sock, &self.select) && matches(r.sock, &terms, names));
-        rows
-    }
-
-    /// The chosen order; netstat's breaks ties, so no two rows are equal.
-    fn order(&self, a: &Row<'_>, b: &Row<'_>) -> Ordering {
-        let by = self
-            .sort
-            .key(a)
-            .cmp(&self.sort.key(b))
-            .then_with(|| netstat_order(a, b));
-        if self.reverse { by.reverse() } else { by }
     }
 
     /// `rows` as screen lines: as they are, or grouped by process, groups
@@ -455,93 +464,155 @@ impl WatchState {
     }
 }
 
-/// A sort key: one column's value, comparable across rows.
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-enum Key<'a> {
-    Text(&'a str),
-    Endpoint(IpAddr, u16),
-    /// Unknown is `u64::MAX`, so it sorts last.
-    Number(u64),
+/// The model's rows now, each with its brief, all `Steady` until
+/// [`WatchState::mark`]ed: a frame marks only the rows it shows.
+fn socks(model: &Model, now_ns: u64) -> impl Iterator<Item = (&Brief, Row<'_>)> {
+    model.rows().map(move |(brief, sock)| {
+        let row = Row {
+            cookie: brief.cookie,
+            sock,
+            mark: Mark::Steady,
+            at_ns: now_ns,
+        };
+        (brief, row)
+    })
 }
 
-impl Column {
-    fn key<'a>(self, r: &Row<'a>) -> Key<'a> {
-        let s = r.sock;
-        match self {
-            Column::Proto => Key::Text(proto_name(s)),
-            Column::Local => Key::Endpoint(s.laddr, s.lport),
-            Column::Remote => Key::Endpoint(s.raddr, s.rport),
-            Column::State => Key::Text(state_name(s)),
-            // Sockets with no known owner sort after those with one.
-            Column::Pid => Key::Number(s.owner.as_ref().map_or(u64::MAX, |o| u64::from(o.pid))),
-            Column::Program => Key::Text(s.owner.as_ref().map_or("\u{10ffff}", |o| &o.comm)),
-            // Youngest first; a socket older than bnetstat is oldest.
-            Column::Age => Key::Number(age_ns(r).unwrap_or(u64::MAX)),
+/// A frozen row as a row, with its brief.
+fn thaw((brief, sock, mark, at_ns): &FrozenRow) -> (&Brief, Row<'_>) {
+    let row = Row {
+        cookie: brief.cookie,
+        sock,
+        mark: *mark,
+        at_ns: *at_ns,
+    };
+    (brief, row)
+}
+
+/// One pass over the rows of a frame: which it lets through (the
+/// selection, then the filter), how many, and the best `k` by `key`.
+struct Top<'a, 'n, K, F> {
+    selection: Selection<'a>,
+    terms: Vec<String>,
+    names: &'n dyn Names,
+    key: F,
+    k: usize,
+    reverse: bool,
+    best: BinaryHeap<Ranked<'a, K>>,
+    total: usize,
+    /// Of `total`, the sockets (not closed ones fading out).
+    showing: usize,
+}
+
+impl<'a, K: Ord, F: Fn(&Brief, &Row<'a>) -> K> Top<'a, '_, K, F> {
+    /// Counts `row` if it is let through, and keeps it if it is among the
+    /// best `k`. The selection needs only the brief; a filter reads the
+    /// socket. Inlined into each loop that offers rows, as it runs for
+    /// every one of them.
+    #[inline(always)]
+    fn offer(&mut self, brief: &'a Brief, row: Row<'a>) {
+        if !self.selection.picks(brief)
+            || !(self.terms.is_empty() || matches(row.sock, &self.terms, self.names))
+        {
+            return;
         }
+        self.total += 1;
+        self.showing += usize::from(row.mark != Mark::Gone);
+        let ranked = Ranked {
+            key: (self.key)(brief, &row),
+            reverse: self.reverse,
+            row,
+        };
+        if self.best.len() < self.k || self.best.peek().is_some_and(|worst| ranked < *worst) {
+            self.keep(ranked);
+        }
+    }
+
+    /// Keeps `ranked` in place of the worst, if the heap is full. Rare once
+    /// the heap is full, so kept out of the loop.
+    #[inline(never)]
+    fn keep(&mut self, ranked: Ranked<'a, K>) {
+        if self.best.len() == self.k {
+            self.best.pop();
+        }
+        self.best.push(ranked);
     }
 }
 
-/// netstat's order, which breaks ties.
-fn netstat_order(a: &Row<'_>, b: &Row<'_>) -> Ordering {
-    netstat_key(a).cmp(&netstat_key(b))
-}
-
-/// netstat's order as a value, to compute once per row.
-type NetstatKey<'a> = (&'static str, u32, IpAddr, u16, IpAddr, u16, u64);
-
 /// A row with its sort key, ordered as the table is (reversed or not):
 /// what the heap of rows on screen holds.
-struct Ranked<'a> {
-    key: (Key<'a>, NetstatKey<'a>),
+struct Ranked<'a, K> {
+    key: K,
     reverse: bool,
     row: Row<'a>,
 }
 
-impl Ord for Ranked<'_> {
+impl<K: Ord> Ord for Ranked<'_, K> {
     fn cmp(&self, other: &Self) -> Ordering {
         let by = self.key.cmp(&other.key);
         if self.reverse { by.reverse() } else { by }
     }
 }
 
-impl PartialOrd for Ranked<'_> {
+impl<K: Ord> PartialOrd for Ranked<'_, K> {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl PartialEq for Ranked<'_> {
+impl<K: Ord> PartialEq for Ranked<'_, K> {
     fn eq(&self, other: &Self) -> bool {
         self.cmp(other) == Ordering::Equal
     }
 }
 
-impl Eq for Ranked<'_> {}
+impl<K: Ord> Eq for Ranked<'_, K> {}
 
-fn netstat_key<'a>(r: &Row<'a>) -> NetstatKey<'a> {
-    let s = r.sock;
-    (
-        proto_name(s),
-        s.netns,
-        s.laddr,
-        s.lport,
-        s.raddr,
-        s.rport,
-        r.cookie,
-    )
+/// [`proto_name`]'s order, as a number.
+fn proto_rank(b: &Brief) -> u8 {
+    match (b.proto, b.family) {
+        (Proto::Tcp, Family::Inet) => 0,
+        (Proto::Tcp, Family::Inet6) => 1,
+        (Proto::Udp, Family::Inet) => 2,
+        (Proto::Udp, Family::Inet6) => 3,
+    }
+}
+
+/// [`state_name`]'s order, as a number.
+fn state_rank(b: &Brief) -> u8 {
+    use TcpState::*;
+    match (b.proto, b.state) {
+        // Unconnected UDP shows no state, which sorts first.
+        (Proto::Udp, Established) => 4,
+        (Proto::Udp, _) => 0,
+        (Proto::Tcp, Close) => 1,
+        (Proto::Tcp, CloseWait) => 2,
+        (Proto::Tcp, Closing) => 3,
+        (Proto::Tcp, Established) => 4,
+        (Proto::Tcp, FinWait1) => 5,
+        (Proto::Tcp, FinWait2) => 6,
+        (Proto::Tcp, LastAck) => 7,
+        (Proto::Tcp, Listen) => 8,
+        (Proto::Tcp, SynRecv | NewSynRecv) => 9,
+        (Proto::Tcp, SynSent) => 10,
+        (Proto::Tcp, TimeWait) => 11,
+    }
+}
+
+/// How long a row has been in its state at `at_ns`, if bnetstat saw it
+/// enter it, at `since_ns`.
+fn age(since_ns: Option<u64>, at_ns: u64) -> Option<u64> {
+    since_ns.map(|since| at_ns.saturating_sub(since))
 }
 
 /// How long the row has been in its state, if bnetstat saw it enter it.
 fn age_ns(r: &Row<'_>) -> Option<u64> {
-    r.sock.since_ns.map(|since| r.at_ns.saturating_sub(since))
+    age(r.sock.since_ns, r.at_ns)
 }
 
 /// Whether every term appears, case-insensitively, in one of the row's
 /// protocol, addresses (as numbers or names), ports, state, PID or program.
 fn matches(s: &Sock, terms: &[String], names: &dyn Names) -> bool {
-    if terms.is_empty() {
-        return true;
-    }
     let owner = s.owner.as_ref();
     let text = [
         proto_name(s).to_owned(),
@@ -817,13 +888,13 @@ fn row_texts(row: &Row<'_>, names: &dyn Names, netns: bool) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use ratatui::{Terminal, backend::TestBackend};
 
     use super::*;
     use crate::{
-        decode::{Event, Family, StateChangeEvent, TcpState},
+        decode::{Event, StateChangeEvent},
         model::TIME_WAIT_NS,
     };
 
@@ -1305,5 +1376,310 @@ mod tests {
         let (buf, _) = draw(&m, &st, 120, 5, 0);
         assert_eq!(text(&buf, 1), "\u{25be} 1/ev\\x1b[2Jil: 1 socket");
         assert!(text(&buf, 2).contains("ev\\x1b[2Jil"), "{}", text(&buf, 2));
+    }
+
+    /// A few thousand sockets as a busy host might have them: TCP and UDP,
+    /// IPv4 and IPv6, every state, with and without owners, in three
+    /// namespaces, with ties for every column to break; some just opened,
+    /// some changed by events, some just closed (and some closed long ago).
+    fn crowd(now: u64) -> (Model, WatchState) {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut pick = |n: usize| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) as usize % n
+        };
+        let v4 = [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.0.0.1",
+            "10.0.0.2",
+            "192.168.1.9",
+        ];
+        let v6 = ["::", "::1", "::ffff:10.0.0.1", "fe80::1", "2001:db8::5"];
+        let ports = [0, 22, 53, 80, 443, 8080];
+        let comms = ["sshd", "web", "Web", "curl", "a"];
+        let mut m = Model::default();
+        let mut st = state();
+        let mut cookies = Vec::new();
+        for i in 0..3000 {
+            let family = [Family::Inet, Family::Inet6][pick(2)];
+            let mut addr = || -> IpAddr {
+                match family {
+                    Family::Inet => v4[pick(v4.len())].parse::<Ipv4Addr>().expect("v4").into(),
+                    Family::Inet6 => v6[pick(v6.len())].parse::<Ipv6Addr>().expect("v6").into(),
+                }
+            };
+            let (laddr, raddr) = (addr(), addr());
+            let mut port = || match pick(3) {
+                0 => 30000 + pick(50) as u16,
+                _ => ports[pick(ports.len())],
+            };
+            let (lport, rport) = (port(), port());
+            let proto = [Proto::Tcp, Proto::Udp][pick(2)];
+            let state = match proto {
+                Proto::Tcp => TcpState::ALL[pick(TcpState::ALL.len())],
+                Proto::Udp => [TcpState::Close, TcpState::Established][pick(2)],
+            };
+            let who = match pick(5) {
+                0 => None,
+                _ => owner([1, 7, 100, 300, 4242][pick(5)], comms[pick(comms.len())]),
+            };
+            let since_ns = match pick(6) {
+                0 => None,
+                // An event stamped after the frame's clock: age 0.
+                1 => Some(now + pick(3) as u64 * S),
+                _ => Some(now - pick(100) as u64 * S / 10),
+            };
+            let cookie = i * 7919 + pick(7919) as u64;
+            m.seed(
+                cookie,
+                Sock {
+                    proto,
+                    family,
+                    laddr,
+                    raddr,
+                    netns: 1 + pick(3) as u32,
+                    since_ns,
+                    ..sock(state, lport, raddr, rport, who)
+                },
+            );
+            cookies.push(cookie);
+        }
+        for i in 0..300 {
+            // Half of them open new rows.
+            let cookie = match pick(2) {
+                0 => 1 << 40 | i,
+                _ => cookies[pick(cookies.len())],
+            };
+            let ts = now - pick(40) as u64 * S / 10;
+            let (old, new) = [
+                (TcpState::Established, TcpState::CloseWait),
+                (TcpState::Close, TcpState::SynSent),
+                (TcpState::SynRecv, TcpState::Established),
+            ][pick(3)];
+            let ev = transition(
+                cookie,
+                ts,
+                (old, new),
+                (pick(3) as u16, 80),
+                owner(9, "moved"),
+            );
+            st.note(m.apply(&ev), ts);
+        }
+        for _ in 0..200 {
+            let cookie = cookies[pick(cookies.len())];
+            let ts = now - pick(50) as u64 * S / 10;
+            let Event::StateChange(mut ev) = transition(
+                cookie,
+                ts,
+                (TcpState::Established, TcpState::Close),
+                (1, 2),
+                None,
+            ) else {
+                unreachable!()
+            };
+            ev.error = libc::ECONNRESET as u32;
+            st.note(m.apply(&Event::StateChange(ev)), ts);
+        }
+        (m, st)
+    }
+
+    /// The key of the ranking the view had before briefs, read off the
+    /// socket: the column's value, then netstat's order.
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    enum PlainKey<'a> {
+        Text(&'a str),
+        Endpoint(IpAddr, u16),
+        Number(u64),
+    }
+
+    type PlainRow<'a> = (u64, &'a Sock, Mark, u64);
+    type PlainNetstat = (&'static str, u32, IpAddr, u16, IpAddr, u16, u64);
+
+    fn plain_key<'a>(
+        column: Column,
+        &(cookie, s, _, at_ns): &PlainRow<'a>,
+    ) -> (PlainKey<'a>, PlainNetstat) {
+        let by = match column {
+            Column::Proto => PlainKey::Text(proto_name(s)),
+            Column::Local => PlainKey::Endpoint(s.laddr, s.lport),
+            Column::Remote => PlainKey::Endpoint(s.raddr, s.rport),
+            Column::State => PlainKey::Text(state_name(s)),
+            Column::Pid => PlainKey::Number(s.owner.as_ref().map_or(u64::MAX, |o| o.pid.into())),
+            Column::Program => PlainKey::Text(s.owner.as_ref().map_or("\u{10ffff}", |o| &o.comm)),
+            Column::Age => PlainKey::Number(
+                s.since_ns
+                    .map_or(u64::MAX, |since| at_ns.saturating_sub(since)),
+            ),
+        };
+        let netstat = (
+            proto_name(s),
+            s.netns,
+            s.laddr,
+            s.lport,
+            s.raddr,
+            s.rport,
+            cookie,
+        );
+        (by, netstat)
+    }
+
+    /// What the table shows at `now`, by a plain sort of every row there
+    /// is: its cookies and marks, how many rows, and how many are sockets.
+    fn plainly(st: &WatchState, m: &Model, now: u64) -> (Vec<(u64, Mark)>, usize, usize) {
+        let fresh = |c| st.fresh.get(&c).is_some_and(|&at| now < at + FRESH_NS);
+        let live = m.iter().map(|(c, s)| {
+            let mark = if fresh(c) { Mark::Fresh } else { Mark::Steady };
+            (c, s, mark, now)
+        });
+        let ghosts = st
+            .ghosts
+            .iter()
+            .filter(|(_, g)| now < g.closed_ns + GHOST_NS)
+            .map(|(&c, g)| (c, &g.sock, Mark::Gone, g.closed_ns));
+        let terms = st.terms();
+        let mut rows: Vec<PlainRow<'_>> = live
+            .chain(ghosts)
+            .filter(|&(c, s, ..)| {
+                Selection::new(&st.select).picks(&Brief::of(c, s))
+                    && (terms.is_empty() || matches(s, &terms, &Numeric))
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            let by = plain_key(st.sort, a).cmp(&plain_key(st.sort, b));
+            if st.reverse { by.reverse() } else { by }
+        });
+        let showing = rows.iter().filter(|r| r.2 != Mark::Gone).count();
+        let shown = rows.iter().map(|r| (r.0, r.2)).collect();
+        (shown, rows.len(), showing)
+    }
+
+    /// The same rows, with the same marks, in the same order; if not, the
+    /// first that differs.
+    fn assert_same(got: &[Row<'_>], want: &[(u64, Mark)], what: &str) {
+        let got: Vec<_> = got.iter().map(|r| (r.cookie, r.mark)).collect();
+        let at = (0..got.len().max(want.len())).find(|&i| got.get(i) != want.get(i));
+        assert!(
+            at.is_none(),
+            "{what}: row {at:?} of {} is {:?}, not {:?}",
+            got.len(),
+            at.and_then(|i| got.get(i)),
+            at.and_then(|i| want.get(i))
+        );
+    }
+
+    /// `top_rows` of `k` and `rows` against a plain sort, in every order.
+    fn assert_ranked_plainly(st: &mut WatchState, m: &Model, now: u64, what: &str) {
+        for sort in Column::ALL {
+            for reverse in [false, true] {
+                (st.sort, st.reverse) = (sort, reverse);
+                let what = format!("{what}, by {sort:?}, reversed {reverse}");
+                let (want, total, showing) = plainly(st, m, now);
+                let got: Vec<_> = st.rows(m, &Numeric, now);
+                assert_same(&got, &want, &format!("{what}: all rows"));
+                for k in [0, 1, 47, total + 1] {
+                    let (top, t, s) = st.top_rows(m, &Numeric, now, k);
+                    assert_same(&top, &want[..k.min(total)], &format!("{what}: top {k}"));
+                    assert_eq!((t, s), (total, showing), "{what}: counts");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_crowd_is_ranked_from_briefs_as_a_plain_sort_of_its_sockets_would_be() {
+        let now = 100 * S;
+        let (mut m, mut st) = crowd(now);
+        let options = |f: fn(&mut table::Options)| {
+            let mut o = table::Options::default();
+            f(&mut o);
+            o
+        };
+        st.select = options(|o| o.all = true);
+        let (all, total, showing) = plainly(&st, &m, now);
+        assert!(total > 2000 && showing < total, "ghosts shown");
+        assert!(all.iter().any(|&(_, mark)| mark == Mark::Fresh));
+        let selections = [
+            options(|o| o.all = true),
+            options(|_| {}),
+            options(|o| o.listening = true),
+            options(|o| (o.all, o.tcp) = (true, true)),
+            options(|o| (o.all, o.udp, o.family) = (true, true, Some(Family::Inet6))),
+            options(|o| (o.all, o.netns) = (true, Some(2))),
+            options(|o| (o.all, o.ports) = (true, vec![80, 30007])),
+            options(|o| (o.listening, o.pids) = (true, vec![7, 4242])),
+            options(|o| (o.all, o.states) = (true, vec![TcpState::Established])),
+        ];
+        for select in selections {
+            let what = format!("{select:?}");
+            st.select = select;
+            assert_ranked_plainly(&mut st, &m, now, &what);
+        }
+        st.select = options(|o| o.all = true);
+        // A filter reads the sockets themselves.
+        st.filter = "web".into();
+        assert_ranked_plainly(&mut st, &m, now, "filter \"web\"");
+        // Paused, it shows the rows as they were, at the ages they had,
+        // while the model moves on.
+        (st.filter, st.reverse) = (String::new(), false);
+        let before: Vec<_> = Column::ALL
+            .iter()
+            .map(|&sort| {
+                st.sort = sort;
+                plainly(&st, &m, now)
+            })
+            .collect();
+        st.toggle_pause(&m, now);
+        let gone: Vec<u64> = m.iter().map(|(c, _)| c).take(500).collect();
+        for cookie in gone {
+            let ev = transition(
+                cookie,
+                now,
+                (TcpState::LastAck, TcpState::Close),
+                (1, 2),
+                None,
+            );
+            st.note(m.apply(&ev), now);
+        }
+        for (sort, (want, total, showing)) in Column::ALL.into_iter().zip(before) {
+            st.sort = sort;
+            let (top, t, s) = st.top_rows(&m, &Numeric, now + 10 * S, 47);
+            assert_same(&top, &want[..47], &format!("paused, by {sort:?}"));
+            assert_eq!((t, s), (total, showing), "paused, by {sort:?}");
+        }
+    }
+
+    #[test]
+    fn protocols_and_states_rank_as_their_names_sort() {
+        let mut socks = Vec::new();
+        for proto in [Proto::Tcp, Proto::Udp] {
+            for family in [Family::Inet, Family::Inet6] {
+                for state in TcpState::ALL {
+                    socks.push(Sock {
+                        proto,
+                        family,
+                        ..sock(state, 0, ANY, 0, None)
+                    });
+                }
+            }
+        }
+        for a in &socks {
+            for b in &socks {
+                let (ba, bb) = (Brief::of(1, a), Brief::of(2, b));
+                let what = format!("{a:?} against {b:?}");
+                assert_eq!(
+                    proto_rank(&ba).cmp(&proto_rank(&bb)),
+                    proto_name(a).cmp(proto_name(b)),
+                    "{what}"
+                );
+                assert_eq!(
+                    state_rank(&ba).cmp(&state_rank(&bb)),
+                    state_name(a).cmp(state_name(b)),
+                    "{what}"
+                );
+            }
+        }
     }
 }
