@@ -97,8 +97,9 @@ impl Kernel {
     /// Checks privileges, loads every program and attaches it.
     pub fn load(opts: &Options<'_>) -> Result<Kernel> {
         check_privileges(opts.events && opts.udp)?;
-        let offsets = offsets::load(opts.btf)?;
-        let btf = Btf::parse_file(opts.btf, Endianness::default())
+        let bytes = offsets::read(opts.btf)?;
+        let offsets = offsets::parse(opts.btf, &bytes)?;
+        let btf = Btf::parse(&bytes, Endianness::default())
             .map_err(|e| anyhow!("cannot parse kernel BTF {}: {e}", opts.btf.display()))?;
         // Without events nothing writes to the ring: a page will do.
         let ring_bytes = if opts.events { opts.ring_bytes } else { 4096 };
