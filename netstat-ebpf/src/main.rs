@@ -24,6 +24,7 @@
 )]
 
 mod procs;
+mod queues;
 mod stats;
 mod udp;
 
@@ -111,6 +112,16 @@ pub(crate) static OFFSETS: Offsets = Offsets {
     mount_mnt: 0,
     mount_parent: 0,
     mount_mountpoint: 0,
+    skc_state: 0,
+    sk_ack_backlog: 0,
+    sk_max_ack_backlog: 0,
+    sk_rmem_alloc: 0,
+    udp_forward_deficit: 0,
+    sk_wmem_alloc: 0,
+    tcp_rcv_nxt: 0,
+    tcp_copied_seq: 0,
+    tcp_write_seq: 0,
+    tcp_snd_una: 0,
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -397,10 +408,10 @@ macro_rules! offset {
     ($name:ident) => {
         // SAFETY: a plain read of our own static; volatile keeps the zeros
         // it was declared with from being folded in.
-        unsafe { core::ptr::read_volatile(&raw const OFFSETS.$name) }
+        unsafe { core::ptr::read_volatile(&raw const $crate::OFFSETS.$name) }
     };
 }
-use offset;
+pub(crate) use offset;
 
 /// Loads a `T` at `off` bytes into `base`, a kernel object the verifier
 /// knows the BTF type of (a `tp_btf` argument, or a pointer loaded from

@@ -80,11 +80,12 @@ fn run(cli: Cli) -> Result<()> {
             let args = cli.table;
             // A table printed once needs no events: the seed is the table.
             let redisplay = args.interval.is_some() || args.continuous;
-            // A live table follows UDP sockets too, and renames a
-            // process's rows when it execs.
+            // A live table follows UDP sockets too, renames a process's
+            // rows when it execs, and reads the queues afresh each time.
             let mut kernel = Kernel::load(&kernel::Options {
                 events: redisplay,
                 sockets: true,
+                queues: redisplay,
                 udp: redisplay,
                 procs: redisplay,
                 ..base(&cli.btf, &args.kernel)
@@ -328,6 +329,7 @@ fn base<'a>(btf: &'a std::path::Path, args: &KernelArgs) -> kernel::Options<'a> 
         events: false,
         udp: false,
         sockets: false,
+        queues: false,
         tcp_events: false,
         bytes: false,
         procs: false,

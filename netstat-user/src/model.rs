@@ -324,6 +324,14 @@ impl Model {
         change
     }
 
+    /// Sets a row's queues to what the kernel reads now; a socket with no
+    /// row is left to its events.
+    pub fn queues(&mut self, cookie: u64, recv_q: u32, send_q: u32) {
+        if let Some(sock) = self.socks.get_mut(&cookie) {
+            (sock.recv_q, sock.send_q) = (Some(recv_q), Some(send_q));
+        }
+    }
+
     /// How many sockets it tracks.
     pub fn len(&self) -> usize {
         self.socks.len()

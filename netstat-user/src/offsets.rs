@@ -68,6 +68,16 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Offsets> {
         mount_mnt: at("mount", "mnt")?,
         mount_parent: at("mount", "mnt_parent")?,
         mount_mountpoint: at("mount", "mnt_mountpoint")?,
+        skc_state: at("sock_common", "skc_state")?,
+        sk_ack_backlog: at("sock", "sk_ack_backlog")?,
+        sk_max_ack_backlog: at("sock", "sk_max_ack_backlog")?,
+        sk_rmem_alloc: at("sock", "sk_backlog.rmem_alloc")?,
+        udp_forward_deficit: at("udp_sock", "forward_deficit")?,
+        sk_wmem_alloc: at("sock", "sk_wmem_alloc")?,
+        tcp_rcv_nxt: at("tcp_sock", "rcv_nxt")?,
+        tcp_copied_seq: at("tcp_sock", "copied_seq")?,
+        tcp_write_seq: at("tcp_sock", "write_seq")?,
+        tcp_snd_una: at("tcp_sock", "snd_una")?,
     })
 }
 
