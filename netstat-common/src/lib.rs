@@ -404,8 +404,28 @@ pub struct Offsets {
     pub mount_parent: u32,
     /// `mount.mnt_mountpoint`.
     pub mount_mountpoint: u32,
+    /// `sock.__sk_common.skc_state`.
+    pub skc_state: u32,
+    /// `sock.sk_ack_backlog`: a listener's Recv-Q.
+    pub sk_ack_backlog: u32,
+    /// `sock.sk_max_ack_backlog`: a listener's Send-Q.
+    pub sk_max_ack_backlog: u32,
+    /// `sock.sk_backlog.rmem_alloc`: a UDP socket's Recv-Q, with...
+    pub sk_rmem_alloc: u32,
+    /// ... `udp_sock.forward_deficit` taken off it.
+    pub udp_forward_deficit: u32,
+    /// `sock.sk_wmem_alloc`: a UDP socket's Send-Q, plus one.
+    pub sk_wmem_alloc: u32,
+    /// `tcp_sock.rcv_nxt`, less `copied_seq`: a connection's Recv-Q.
+    pub tcp_rcv_nxt: u32,
+    /// `tcp_sock.copied_seq`.
+    pub tcp_copied_seq: u32,
+    /// `tcp_sock.write_seq`, less `snd_una`: a connection's Send-Q.
+    pub tcp_write_seq: u32,
+    /// `tcp_sock.snd_una`.
+    pub tcp_snd_una: u32,
 }
-const _: () = assert!(size_of::<Offsets>() == 128);
+const _: () = assert!(size_of::<Offsets>() == 168);
 
 /// An open socket file of a process, as the `iter/task_file` walk finds it.
 #[repr(C)]
@@ -422,6 +442,21 @@ pub struct SocketFile {
 }
 const _: () = assert!(size_of::<SocketFile>() == 32);
 
+/// A socket's queues now, as the `iter/tcp` and `iter/udp` walks read
+/// them: what `sock_diag` reports as `idiag_rqueue` and `idiag_wqueue`.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct SocketQueues {
+    /// Socket cookie.
+    pub sock: u64,
+    /// Recv-Q: bytes not yet read, or a listener's connections not yet
+    /// accepted.
+    pub recv_q: u32,
+    /// Send-Q: bytes not yet acknowledged, or a listener's backlog.
+    pub send_q: u32,
+}
+const _: () = assert!(size_of::<SocketQueues>() == 16);
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: `#[repr(C)]`, made only of integers, with no padding.
@@ -430,4 +465,6 @@ mod user {
     unsafe impl aya::Pod for super::ListenKey {}
     unsafe impl aya::Pod for super::Listener {}
     unsafe impl aya::Pod for super::Owner {}
+    unsafe impl aya::Pod for super::SocketFile {}
+    unsafe impl aya::Pod for super::SocketQueues {}
 }

@@ -24,6 +24,7 @@
 )]
 
 mod procs;
+mod queues;
 mod stats;
 mod udp;
 
@@ -33,7 +34,9 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
-        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_seq_write},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_seq_write, bpf_skc_to_tcp_sock,
+        },
     },
     macros::{btf_tracepoint, map},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -109,13 +112,22 @@ pub(crate) static OFFSETS: Offsets = Offsets {
     mount_mnt: 0,
     mount_parent: 0,
     mount_mountpoint: 0,
+    skc_state: 0,
+    sk_ack_backlog: 0,
+    sk_max_ack_backlog: 0,
+    sk_rmem_alloc: 0,
+    udp_forward_deficit: 0,
+    sk_wmem_alloc: 0,
+    tcp_rcv_nxt: 0,
+    tcp_copied_seq: 0,
+    tcp_write_seq: 0,
+    tcp_snd_una: 0,
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     set_busy(1);
-    // Errors are probe reads of a socket being torn down: nothing to report.
-    let _ = try_inet_sock_set_state(&ctx);
+    state_change(&ctx);
     set_busy(0);
     0
 }
@@ -130,89 +142,91 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 pub fn inet_sock_set_state_nested(ctx: BtfTracePointContext) -> i32 {
     if BUSY.get(0).is_some_and(|b| *b != 0) {
         count(counter::RECOVERED);
-        let _ = try_inet_sock_set_state(&ctx);
+        state_change(&ctx);
     }
     0
 }
 
-fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
+fn state_change(ctx: &BtfTracePointContext) {
     let sk: *const u8 = ctx.arg(0);
     let oldstate: i32 = ctx.arg(1);
     let newstate: i32 = ctx.arg(2);
-    // SAFETY: user space writes OFFSETS before load; read_volatile keeps the
-    // compiler from folding the zeros it was declared with.
-    let off = unsafe { core::ptr::read_volatile(&OFFSETS) };
 
     // SCTP and MPTCP reach this tracepoint too.
-    if read::<u16>(sk, off.sk_protocol)? != IPPROTO_TCP {
-        return Ok(());
+    if field::<u16>(sk, offset!(sk_protocol)) != IPPROTO_TCP {
+        return;
     }
-    let family = read::<u16>(sk, off.skc_family)?;
+    let family = field::<u16>(sk, offset!(skc_family));
     let (mut saddr, mut daddr) = ([0u8; 16], [0u8; 16]);
     match family {
         AF_INET => {
-            saddr[..4].copy_from_slice(&read::<[u8; 4]>(sk, off.skc_rcv_saddr)?);
-            daddr[..4].copy_from_slice(&read::<[u8; 4]>(sk, off.skc_daddr)?);
+            saddr[..4].copy_from_slice(&field::<u32>(sk, offset!(skc_rcv_saddr)).to_ne_bytes());
+            daddr[..4].copy_from_slice(&field::<u32>(sk, offset!(skc_daddr)).to_ne_bytes());
         }
         AF_INET6 => {
-            saddr = read(sk, off.skc_v6_rcv_saddr)?;
-            daddr = read(sk, off.skc_v6_daddr)?;
+            saddr = ipv6(sk, offset!(skc_v6_rcv_saddr));
+            daddr = ipv6(sk, offset!(skc_v6_daddr));
         }
-        _ => return Ok(()),
+        _ => return,
     }
-    let sport = u16::from_be(read(sk, off.inet_sport)?);
-    let dport = u16::from_be(read(sk, off.skc_dport)?);
+    // `inet_sport` lies past `struct sock`, in `struct inet_sock`, which the
+    // verifier only lets us load from through the socket's full type.
+    // SAFETY: `sk` is the tracepoint's typed `struct sock *`; the helper
+    // checks it is a TCP socket and returns NULL otherwise.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut c_void) } as *const u8;
+    if tp.is_null() {
+        return;
+    }
+    let sport = u16::from_be(field(tp, offset!(inet_sport)));
+    let dport = u16::from_be(field(sk, offset!(skc_dport)));
     // SAFETY: written by user space before load; volatile keeps the zeros it
     // was declared with from being folded in.
     let ports = unsafe { core::ptr::read_volatile(&PORTS) };
     if ports[0] != 0 && !ports.iter().any(|&p| p != 0 && (p == sport || p == dport)) {
-        return Ok(());
+        return;
     }
-    let net = read::<u64>(sk, off.skc_net)? as *const u8;
-    let netns = read::<u32>(net, off.net_ns_inum)?;
+    let net = field::<*const u8>(sk, offset!(skc_net));
+    let netns = field::<u32>(net, offset!(net_ns_inum));
 
     let now = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY: `sk` is the tracepoint's typed `struct sock *`.
     let sock = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
     let (oldstate, newstate) = (oldstate as u8, newstate as u8);
+    let listen_key = |addr| ListenKey {
+        netns,
+        port: sport,
+        family,
+        addr,
+    };
 
+    // The socket's entry, if it has one: looked up once, updated in place,
+    // never rewritten whole, since `life`'s byte counters in it may move
+    // meanwhile on another CPU.
+    let mut entry = None;
     // A new socket is born in the first three arms; it gets a fresh entry.
     let mut info = match (oldstate, newstate) {
         // connect() and listen(): the caller's syscall, so `current` owns it.
         (_, tcp_state::SYN_SENT) | (_, tcp_state::LISTEN) => {
             let owner = current_owner();
             if newstate == tcp_state::LISTEN {
-                let key = ListenKey {
-                    netns,
-                    port: sport,
-                    family,
-                    addr: saddr,
-                };
-                let _ = LISTENERS.insert(key, Listener { sock, owner }, 0);
+                let _ = LISTENERS.insert(listen_key(saddr), Listener { sock, owner }, 0);
             }
             born(owner)
         }
         // A connection the kernel accepted, in softirq: its listener's owner.
         (tcp_state::LISTEN, tcp_state::SYN_RECV) => {
-            let mut key = ListenKey {
-                netns,
-                port: sport,
-                family,
-                addr: saddr,
-            };
-            let listener = match unsafe { LISTENERS.get(key) } {
-                Some(l) => Some(*l),
-                None => {
-                    key.addr = [0; 16];
-                    unsafe { LISTENERS.get(key) }.copied()
-                }
-            };
+            // SAFETY: map values copied out at once.
+            let listener = unsafe { LISTENERS.get(listen_key(saddr)) }
+                .or_else(|| unsafe { LISTENERS.get(listen_key([0; 16])) })
+                .copied();
             born(listener.map(|l| l.owner).unwrap_or_default())
         }
-        // SAFETY: a map value pointer, valid for this program run; the
-        // byte counters in it are only ever added to atomically.
         _ => match SOCKS.get_ptr_mut(sock) {
-            Some(entry) => unsafe { *entry },
+            Some(e) => {
+                entry = Some(e);
+                // SAFETY: a map value pointer, valid for this program run.
+                unsafe { *e }
+            }
             // Open before bnetstat and not seeded: first sight, owner unknown.
             None => SockInfo::default(),
         },
@@ -234,30 +248,23 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
     if newstate == tcp_state::CLOSE {
         // A reset or timeout leaves its errno; a clean close leaves 0, and
         // only a clean close from FIN_WAIT*/CLOSING leaves a TIME_WAIT behind.
-        error = read::<i32>(sk, off.sk_err).unwrap_or(0) as u32;
-        let _ = SOCKS.remove(sock);
+        error = field::<i32>(sk, offset!(sk_err)) as u32;
+        if entry.is_some() {
+            let _ = SOCKS.remove(sock);
+        }
         if oldstate == tcp_state::LISTEN {
-            let key = ListenKey {
-                netns,
-                port: sport,
-                family,
-                addr: saddr,
-            };
+            let key = listen_key(saddr);
             if unsafe { LISTENERS.get(key) }.is_some_and(|l| l.sock == sock) {
                 let _ = LISTENERS.remove(key);
             }
         }
     } else {
-        match SOCKS.get_ptr_mut(sock) {
-            // Updated in place, never rewritten whole: `life`'s byte
-            // counters in it may move meanwhile on another CPU.
-            // SAFETY: as above.
-            Some(entry) => unsafe {
-                (*entry).since_ns = now;
-                (*entry).first_ns = info.first_ns;
-                (*entry).closer = info.closer;
-                (*entry).owner = info.owner;
-                (*entry).born = info.born;
+        match entry {
+            // SAFETY: as above; the byte counters are left to their adders.
+            Some(e) => unsafe {
+                (*e).since_ns = now;
+                (*e).first_ns = info.first_ns;
+                (*e).closer = info.closer;
             },
             None => {
                 let _ = SOCKS.insert(sock, info, 0);
@@ -265,36 +272,49 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i64> {
         }
     }
 
-    let event = StateChange {
-        kind: EVENT_STATE_CHANGE,
-        netns,
-        ts_ns: now,
-        sock,
-        prev_ts_ns,
-        first_ts_ns: info.first_ns,
-        bytes_sent: info.bytes_sent,
-        bytes_received: info.bytes_received,
-        saddr,
-        daddr,
-        owner: info.owner,
-        sport,
-        dport,
-        family,
-        oldstate,
-        newstate,
-        error,
-        closer: info.closer,
-        born: info.born,
-        _pad: 0,
+    let Some(mut slot) = EVENTS.reserve::<StateChange>(0) else {
+        count(counter::RING_FULL);
+        return;
     };
-    match EVENTS.reserve::<StateChange>(0) {
-        Some(mut entry) => {
-            entry.write(event);
-            entry.submit(0);
-        }
-        None => count(counter::RING_FULL),
+    // Written field by field into the ring, not built on the stack and
+    // copied there.
+    let ev = slot.as_mut_ptr();
+    // SAFETY: `ev` is the reserved, exclusively ours record.
+    unsafe {
+        (*ev).kind = EVENT_STATE_CHANGE;
+        (*ev).netns = netns;
+        (*ev).ts_ns = now;
+        (*ev).sock = sock;
+        (*ev).prev_ts_ns = prev_ts_ns;
+        (*ev).first_ts_ns = info.first_ns;
+        (*ev).bytes_sent = info.bytes_sent;
+        (*ev).bytes_received = info.bytes_received;
+        (*ev).saddr = saddr;
+        (*ev).daddr = daddr;
+        (*ev).owner = info.owner;
+        (*ev).sport = sport;
+        (*ev).dport = dport;
+        (*ev).family = family;
+        (*ev).oldstate = oldstate;
+        (*ev).newstate = newstate;
+        (*ev).error = error;
+        (*ev).closer = info.closer;
+        (*ev).born = info.born;
+        (*ev)._pad = 0;
     }
-    Ok(())
+    slot.submit(0);
+}
+
+/// An `in6_addr` in the socket at `off`, loaded as the four words it is
+/// aligned for.
+#[inline(always)]
+fn ipv6(sk: *const u8, off: u32) -> [u8; 16] {
+    let words = field::<[u32; 4]>(sk, off);
+    let mut addr = [0u8; 16];
+    for (bytes, word) in addr.chunks_exact_mut(4).zip(words) {
+        bytes.copy_from_slice(&word.to_ne_bytes());
+    }
+    addr
 }
 
 /// A fresh entry for a socket bnetstat saw being born.
@@ -381,7 +401,32 @@ fn set_busy(v: u32) {
     }
 }
 
-/// Reads a `T` at `off` bytes into the kernel object at `base`.
+/// The offset user space wrote into [`OFFSETS`] for one field. `.rodata`
+/// is frozen before load, so the verifier knows it as a constant and can
+/// check a [`field`] load at it against the kernel's types.
+macro_rules! offset {
+    ($name:ident) => {
+        // SAFETY: a plain read of our own static; volatile keeps the zeros
+        // it was declared with from being folded in.
+        unsafe { core::ptr::read_volatile(&raw const $crate::OFFSETS.$name) }
+    };
+}
+pub(crate) use offset;
+
+/// Loads a `T` at `off` bytes into `base`, a kernel object the verifier
+/// knows the BTF type of (a `tp_btf` argument, or a pointer loaded from
+/// one): a plain load, which the verifier checks against that type and makes
+/// fault-safe, rather than a `bpf_probe_read_kernel` call per field, which
+/// was a sixth of the cost of a transition.
+#[inline(always)]
+pub(crate) fn field<T>(base: *const u8, off: u32) -> T {
+    // SAFETY: see above; the verifier refuses the program if `off` is not
+    // a field of `base`'s type of the size of `T`.
+    unsafe { core::ptr::read_volatile(base.wrapping_add(off as usize).cast::<T>()) }
+}
+
+/// Reads a `T` at `off` bytes into the kernel object at `base`, through
+/// `bpf_probe_read_kernel`: for objects the verifier has no type for.
 #[inline(always)]
 pub(crate) fn read<T>(base: *const u8, off: u32) -> Result<T, i64> {
     // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error.

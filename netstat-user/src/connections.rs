@@ -17,7 +17,7 @@ use crate::{
     kernel::Kernel,
     model::Model,
     names::SystemNames,
-    seed, signals,
+    netns, seed, signals,
     sockdiag::Proto,
     views::{table, unix},
 };
@@ -45,9 +45,21 @@ pub fn run(kernel: &mut Kernel, opts: &Options, out: &mut impl Write) -> Result<
     }
     let names = SystemNames::new(opts.numeric);
     let mut reported_lost = 0;
+    let mut first = true;
     loop {
         apply_pending(kernel, &mut model);
         model.prune(clock::boottime_ns());
+        // The seed read the first table's queues; no event carries them.
+        if !first && opts.view.inet() {
+            let others = match opts.view.netns {
+                Some(_) => Vec::new(),
+                None => netns::others()?,
+            };
+            for q in kernel.queues(&others)? {
+                model.queues(q.sock, q.recv_q, q.send_q);
+            }
+        }
+        first = false;
         let lost = kernel.lost()?.total();
         if lost > reported_lost {
             eprintln!(

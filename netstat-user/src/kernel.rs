@@ -11,16 +11,22 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
-    Btf, Ebpf, EbpfError, EbpfLoader, Endianness,
+    Btf, Ebpf, EbpfError, EbpfLoader, Endianness, Pod,
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Iter, ProgramError},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSock, CgroupSockAddr, Iter, ProgramError,
+        iter::IterLink,
+    },
 };
 use netstat_common::{
     COUNTERS_MAP, EVENTS_MAP, LISTENERS_MAP, ListenKey, Listener, MAX_PORTS, OFFSETS_GLOBAL, Owner,
-    PORTS_GLOBAL, SOCKS_MAP, SockInfo, SocketFile, counter,
+    PORTS_GLOBAL, SOCKS_MAP, SockInfo, SocketFile, SocketQueues, counter,
 };
 
-use crate::offsets;
+use crate::{
+    netns::{self, NetNs},
+    offsets,
+};
 
 /// The eBPF object, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netstat"));
@@ -48,6 +54,8 @@ const UDP_SOCK_HOOKS: [&str; 3] = ["udp_bind4", "udp_bind6", "udp_release"];
 const UDP_ADDR_HOOKS: [&str; 2] = ["udp_connect4", "udp_connect6"];
 /// The iterator that lists every process's socket files.
 const OWNERS_ITERATOR: (&str, &str) = ("socket_owners", "task_file");
+/// The iterators that read every socket's queues, one per protocol.
+const QUEUE_ITERATORS: [(&str, &str); 2] = [("tcp_queues", "tcp"), ("udp_queues", "udp")];
 /// The program whose nesting misses `inet_sock_set_state_nested` makes up for.
 const STATE_PROGRAM: &str = "inet_sock_set_state";
 
@@ -67,6 +75,8 @@ pub struct Options<'a> {
     pub udp: bool,
     /// What a socket table needs: the fd-table iterator.
     pub sockets: bool,
+    /// What a redisplayed socket table needs: the queue iterators.
+    pub queues: bool,
     /// With `events`: retransmits and resets too.
     pub tcp_events: bool,
     /// With `events`: count each socket's bytes sent and received.
@@ -97,8 +107,9 @@ impl Kernel {
     /// Checks privileges, loads every program and attaches it.
     pub fn load(opts: &Options<'_>) -> Result<Kernel> {
         check_privileges(opts.events && opts.udp)?;
-        let offsets = offsets::load(opts.btf)?;
-        let btf = Btf::parse_file(opts.btf, Endianness::default())
+        let bytes = offsets::read(opts.btf)?;
+        let offsets = offsets::parse(opts.btf, &bytes)?;
+        let btf = Btf::parse(&bytes, Endianness::default())
             .map_err(|e| anyhow!("cannot parse kernel BTF {}: {e}", opts.btf.display()))?;
         // Without events nothing writes to the ring: a page will do.
         let ring_bytes = if opts.events { opts.ring_bytes } else { 4096 };
@@ -128,8 +139,10 @@ impl Kernel {
                 prog.attach().map_err(|e| program_error(name, e))?;
             }
         }
-        if opts.sockets {
-            let (name, target) = OWNERS_ITERATOR;
+        let iterators = [(opts.sockets, OWNERS_ITERATOR)]
+            .into_iter()
+            .chain(QUEUE_ITERATORS.map(|it| (opts.queues, it)));
+        for (name, target) in iterators.filter(|(on, _)| *on).map(|(_, it)| it) {
             let iter: &mut Iter = program(&mut ebpf, name)?.try_into()?;
             iter.load(target, &btf)
                 .map_err(|e| program_error(name, e))?;
@@ -197,23 +210,38 @@ impl Kernel {
     /// tables (one `iter/task_file` walk).
     pub fn socket_files(&mut self) -> Result<Vec<SocketFile>> {
         let (name, _) = OWNERS_ITERATOR;
+        let walk = self.iterator(name)?;
+        let bytes = read_walk(walk).context("walking open files")?;
+        Ok(records(&bytes))
+    }
+
+    /// Every TCP and UDP socket's queues now, in bnetstat's own network
+    /// namespace and in each of `others`: an iterator walks the sockets of
+    /// the namespace that opens it.
+    pub fn queues(&mut self, others: &[NetNs]) -> Result<Vec<SocketQueues>> {
+        let mut bytes = Vec::new();
+        for (name, _) in QUEUE_ITERATORS {
+            bytes.extend(read_walk(self.iterator(name)?).context("reading socket queues")?);
+            for ns in others {
+                let walk = self.iterator(name)?;
+                // A namespace that vanished since it was listed has no sockets.
+                if let Ok(Ok(more)) = netns::inside(ns, || read_walk(walk)) {
+                    bytes.extend(more);
+                }
+            }
+        }
+        Ok(records(&bytes))
+    }
+
+    /// A fresh link of the iterator program `name`, ready to be opened.
+    fn iterator(&mut self, name: &str) -> Result<IterLink> {
         let iter: &mut Iter = self
             .ebpf
             .program_mut(name)
             .ok_or_else(|| anyhow!("no program {name}"))?
             .try_into()?;
         let link = iter.attach().map_err(|e| program_error(name, e))?;
-        let mut file = iter
-            .take_link(link)?
-            .into_file()
-            .context("creating the fd iterator")?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).context("walking open files")?;
-        Ok(bytes
-            .chunks_exact(size_of::<SocketFile>())
-            // SAFETY: SocketFile is plain integers; each chunk is exactly one.
-            .map(|c| unsafe { c.as_ptr().cast::<SocketFile>().read_unaligned() })
-            .collect())
+        Ok(iter.take_link(link)?)
     }
 
     /// Tells the kernel side who owns sockets that existed before it was
@@ -317,6 +345,24 @@ impl Lost {
     pub fn total(self) -> u64 {
         self.ring_full + self.nested
     }
+}
+
+/// Opens an iterator link in the calling thread's network namespace and
+/// reads all it writes.
+fn read_walk(walk: IterLink) -> Result<Vec<u8>> {
+    let mut file = walk.into_file().context("opening the iterator")?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// The `T` records an iterator wrote, back to back.
+fn records<T: Pod>(bytes: &[u8]) -> Vec<T> {
+    bytes
+        .chunks_exact(size_of::<T>())
+        // SAFETY: a Pod is valid for any bytes; each chunk is exactly one.
+        .map(|c| unsafe { c.as_ptr().cast::<T>().read_unaligned() })
+        .collect()
 }
 
 fn program<'e>(ebpf: &'e mut Ebpf, name: &str) -> Result<&'e mut aya::programs::Program> {

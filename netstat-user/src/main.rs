@@ -43,7 +43,7 @@ mod usage;
 mod views;
 mod watch;
 
-use std::{io, process::ExitCode, time::Duration};
+use std::{fs::File, io, os::fd::AsFd as _, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
@@ -75,16 +75,17 @@ fn run(cli: Cli) -> Result<()> {
                 return stats_command(&cli);
             }
             if let Some(opts) = tables::Options::from_args(&cli.table) {
-                return tables::run(&opts, &mut io::BufWriter::new(io::stdout().lock()));
+                return tables::run(&opts, &mut stdout()?);
             }
             let args = cli.table;
             // A table printed once needs no events: the seed is the table.
             let redisplay = args.interval.is_some() || args.continuous;
-            // A live table follows UDP sockets too, and renames a
-            // process's rows when it execs.
+            // A live table follows UDP sockets too, renames a process's
+            // rows when it execs, and reads the queues afresh each time.
             let mut kernel = Kernel::load(&kernel::Options {
                 events: redisplay,
                 sockets: true,
+                queues: redisplay,
                 udp: redisplay,
                 procs: redisplay,
                 ..base(&cli.btf, &args.kernel)
@@ -114,11 +115,7 @@ fn run(cli: Cli) -> Result<()> {
                     .interval
                     .or(args.continuous.then_some(Duration::from_secs(1))),
             };
-            connections::run(
-                &mut kernel,
-                &opts,
-                &mut io::BufWriter::new(io::stdout().lock()),
-            )
+            connections::run(&mut kernel, &opts, &mut stdout()?)
         }
         Some(Command::Trace(args)) => {
             // The sockets open now are walked once, for their owners.
@@ -138,11 +135,7 @@ fn run(cli: Cli) -> Result<()> {
                 duration: args.duration,
                 count: args.count,
             };
-            trace::run(
-                &mut kernel,
-                &opts,
-                &mut io::BufWriter::new(io::stdout().lock()),
-            )
+            trace::run(&mut kernel, &opts, &mut stdout()?)
         }
         Some(Command::Life(args)) => {
             let mut kernel = Kernel::load(&kernel::Options {
@@ -162,11 +155,7 @@ fn run(cli: Cli) -> Result<()> {
                 duration: args.duration,
                 count: args.count,
             };
-            life::run(
-                &mut kernel,
-                &opts,
-                &mut io::BufWriter::new(io::stdout().lock()),
-            )
+            life::run(&mut kernel, &opts, &mut stdout()?)
         }
         Some(Command::Top(args)) => {
             let mut kernel = Kernel::load(&kernel::Options {
@@ -190,11 +179,7 @@ fn run(cli: Cli) -> Result<()> {
                 duration: args.duration,
                 no_clear: args.noclear,
             };
-            top::run(
-                &mut kernel,
-                &opts,
-                &mut io::BufWriter::new(io::stdout().lock()),
-            )
+            top::run(&mut kernel, &opts, &mut stdout()?)
         }
         Some(Command::Audit(args)) => {
             let expect = args.expect.as_deref().map(load_expect).transpose()?;
@@ -214,11 +199,7 @@ fn run(cli: Cli) -> Result<()> {
                 duration: args.duration,
                 count: args.count,
             };
-            audit::run(
-                &mut kernel,
-                &opts,
-                &mut io::BufWriter::new(io::stdout().lock()),
-            )
+            audit::run(&mut kernel, &opts, &mut stdout()?)
         }
         Some(Command::Serve(args)) => {
             // Bound before the kernel side loads: a bad or busy address
@@ -305,11 +286,19 @@ fn stats_command(cli: &Cli) -> Result<()> {
     } else {
         None
     };
-    stats::run(
-        kernel.as_mut(),
-        &opts,
-        &mut io::BufWriter::new(io::stdout().lock()),
-    )
+    stats::run(kernel.as_mut(), &opts, &mut stdout()?)
+}
+
+/// Standard output, buffered in large writes. Not through `io::stdout()`:
+/// its line buffering split every block of a busy `trace` into two
+/// `write`s, once at the last newline and once for the rest.
+fn stdout() -> Result<io::BufWriter<File>> {
+    const CAPACITY: usize = 1 << 18;
+    let fd = io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("duplicating standard output")?;
+    Ok(io::BufWriter::with_capacity(CAPACITY, File::from(fd)))
 }
 
 /// bnetstat's own network namespace, or `None` for every one.
@@ -340,6 +329,7 @@ fn base<'a>(btf: &'a std::path::Path, args: &KernelArgs) -> kernel::Options<'a> 
         events: false,
         udp: false,
         sockets: false,
+        queues: false,
         tcp_events: false,
         bytes: false,
         procs: false,

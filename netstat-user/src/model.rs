@@ -468,6 +468,15 @@ impl Model {
         })
     }
 
+    /// Sets a row's queues to what the kernel reads now; a socket with no
+    /// row is left to its events. A brief has no queues: it stays as it is.
+    pub fn queues(&mut self, cookie: u64, recv_q: u32, send_q: u32) {
+        if let Some(&i) = self.slots.get(&cookie) {
+            let sock = &mut self.socks[i];
+            (sock.recv_q, sock.send_q) = (Some(recv_q), Some(send_q));
+        }
+    }
+
     /// How many sockets it tracks.
     pub fn len(&self) -> usize {
         self.socks.len()
@@ -887,6 +896,20 @@ mod tests {
             s.lport = 1000 + c as u16;
             m.seed(c, s);
         }
+    }
+
+    #[test]
+    fn queues_read_afresh_change_only_rows_the_table_has() {
+        let mut m = Model::default();
+        listeners(&mut m, [1]);
+        m.queues(1, 3, 128);
+        m.queues(2, 9, 9);
+        assert_eq!(
+            m.get(1).map(|s| (s.recv_q, s.send_q)),
+            Some((Some(3), Some(128)))
+        );
+        assert_eq!(m.len(), 1, "no row for a socket its events never showed");
+        assert_consistent(&m);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! fields at offsets found here at start-up: one binary runs on any kernel
 //! with BTF.
 
-use std::path::Path;
+use std::{fs, path::Path};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use btf_rs::{Btf, Type};
@@ -13,16 +13,24 @@ use netstat_common::Offsets;
 /// Where the kernel publishes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// Reads the offsets the eBPF programs need from the BTF file at `path`.
-pub fn load(path: &Path) -> Result<Offsets> {
+/// The kernel's BTF file at `path`, read once for both parsers: the
+/// offsets here and aya's loader. Whole, because `btf_rs::Btf::from_file`
+/// seeks its buffered reader once per type, 126,000 `lseek` calls and a
+/// fifth of a second on this kernel.
+pub fn read(path: &Path) -> Result<Vec<u8>> {
     if !path.exists() {
         bail!(
             "kernel BTF not found at {}: bnetstat needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (Linux 5.8 or later)",
             path.display()
         );
     }
+    fs::read(path).with_context(|| format!("cannot read kernel BTF {}", path.display()))
+}
+
+/// The offsets the eBPF programs need, from `bytes` of BTF read from `path`.
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<Offsets> {
     let btf =
-        Btf::from_file(path).map_err(|e| anyhow!("cannot parse BTF {}: {e}", path.display()))?;
+        Btf::from_bytes(bytes).map_err(|e| anyhow!("cannot parse BTF {}: {e}", path.display()))?;
     let at = |ty: &str, field: &str| -> Result<u32> {
         field_offset(&btf, ty, field)
             .with_context(|| format!("kernel BTF has no {ty}.{field} that bnetstat can read"))
@@ -60,6 +68,16 @@ pub fn load(path: &Path) -> Result<Offsets> {
         mount_mnt: at("mount", "mnt")?,
         mount_parent: at("mount", "mnt_parent")?,
         mount_mountpoint: at("mount", "mnt_mountpoint")?,
+        skc_state: at("sock_common", "skc_state")?,
+        sk_ack_backlog: at("sock", "sk_ack_backlog")?,
+        sk_max_ack_backlog: at("sock", "sk_max_ack_backlog")?,
+        sk_rmem_alloc: at("sock", "sk_backlog.rmem_alloc")?,
+        udp_forward_deficit: at("udp_sock", "forward_deficit")?,
+        sk_wmem_alloc: at("sock", "sk_wmem_alloc")?,
+        tcp_rcv_nxt: at("tcp_sock", "rcv_nxt")?,
+        tcp_copied_seq: at("tcp_sock", "copied_seq")?,
+        tcp_write_seq: at("tcp_sock", "write_seq")?,
+        tcp_snd_una: at("tcp_sock", "snd_una")?,
     })
 }
 
@@ -134,7 +152,7 @@ mod tests {
 
     #[test]
     fn missing_btf_says_what_is_missing() {
-        let err = load(Path::new("/nonexistent/vmlinux"))
+        let err = read(Path::new("/nonexistent/vmlinux"))
             .unwrap_err()
             .to_string();
         assert!(err.contains("CONFIG_DEBUG_INFO_BTF"), "{err}");

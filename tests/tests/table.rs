@@ -4,6 +4,8 @@
 //! another network namespace that must not show.
 
 use std::{
+    io::Write as _,
+    net::{TcpListener, TcpStream, UdpSocket},
     process::{Child, Command},
     thread,
     time::{Duration, Instant},
@@ -215,7 +217,8 @@ fn an_interval_table_follows_the_scene_from_events_alone() {
     assert!(tables.len() > seen, "several tables were printed");
 }
 
-/// strace and the bnetstat under it, killed if the test fails first.
+/// bnetstat, or strace and the bnetstat under it, killed if the test
+/// fails first.
 struct Stopper(Child);
 
 impl Drop for Stopper {
@@ -362,4 +365,67 @@ fn wait_for_json_tables(path: &std::path::Path, n: usize) -> Vec<Vec<serde_json:
         );
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_redisplay_shows_each_sockets_queues_as_they_are_now() {
+    let dir = TempDir::new();
+    let (tcp, udp) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
+    let listener = TcpListener::bind(("127.0.0.1", tcp)).expect("listen");
+    let _receiver = UdpSocket::bind(("127.0.0.1", udp)).expect("bind");
+    let out = dir.path().join("tables");
+    let _bnetstat = Stopper(
+        Command::new(bnetstat_bin())
+            .args(["-tuan", "--json", "0.3", "--port", &tcp.to_string()])
+            .args(["--port", &udp.to_string()])
+            .stdout(std::fs::File::create(&out).expect("stdout file"))
+            .start(),
+    );
+    let first = wait_for_json_tables(&out, 1);
+    let queues = |rows: &[serde_json::Value], lport: u16, rport: u16| {
+        rows.iter()
+            .find(|r| r["lport"] == lport && r["rport"] == rport)
+            .map(|r| (r["recv_q"].clone(), r["send_q"].clone()))
+    };
+    assert_eq!(queues(&first[0], tcp, 0), Some((0.into(), 128.into())));
+
+    // After the first table: 1234 bytes the server has not read, a
+    // connection the listener has not accepted, and a datagram waiting.
+    let mut client = TcpStream::connect(("127.0.0.1", tcp)).expect("connect");
+    let (_server, _) = listener.accept().expect("accept");
+    let _waiting = TcpStream::connect(("127.0.0.1", tcp)).expect("connect");
+    client.write_all(&[7; 1234]).expect("send");
+    let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sender.send_to(&[7; 100], ("127.0.0.1", udp)).expect("send");
+    // What ss reads for the datagram: its buffer's size, not its length.
+    let udp_q = ss_recv_q(udp);
+    assert!(udp_q > 100, "{udp_q}");
+
+    let client_port = client.local_addr().expect("addr").port();
+    let deadline = Instant::now() + T;
+    let table = loop {
+        let tables = wait_for_json_tables(&out, 1);
+        let last = tables.last().cloned().unwrap_or_default();
+        if queues(&last, tcp, client_port).is_some_and(|(r, _)| r == 1234) {
+            break last;
+        }
+        assert!(Instant::now() < deadline, "no unread bytes shown: {last:?}");
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(queues(&table, tcp, 0), Some((1.into(), 128.into())));
+    assert_eq!(queues(&table, udp, 0), Some((udp_q.into(), 0.into())));
+}
+
+/// Recv-Q of the socket bound to `port`, as `ss` shows it.
+fn ss_recv_q(port: u16) -> u64 {
+    let out = Command::new("ss")
+        .args(["-tuanH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().next().expect("ss shows the socket");
+    line.split_whitespace()
+        .nth(2)
+        .and_then(|q| q.parse().ok())
+        .unwrap_or_else(|| panic!("a Recv-Q in {line}"))
 }

@@ -83,7 +83,26 @@ pub fn write_json(out: &mut impl Write, ev: &StateChangeEvent) -> io::Result<()>
         Some(ns) => serde_json::to_writer(&mut *out, &ms(ns))?,
         None => out.write_all(b"null")?,
     }
-    writeln!(out, ",\"sock\":\"{:x}\"}}", ev.sock)
+    out.write_all(b",\"sock\":\"")?;
+    write_hex(out, ev.sock)?;
+    out.write_all(b"\"}\n")
+}
+
+/// `n` in lowercase hex, as `{:x}` writes it, without the formatting
+/// machinery.
+fn write_hex(out: &mut impl Write, n: u64) -> io::Result<()> {
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b"0123456789abcdef"[(rest & 0xf) as usize];
+        rest >>= 4;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.write_all(&digits[at..])
 }
 
 /// An address as `Display` shows it; IPv4, by far the most common, without
@@ -185,6 +204,15 @@ mod tests {
         assert!(v["ms_in_old"].is_f64(), "a float: {v}");
         assert_eq!(v["ms_in_old"], 3.0);
         assert_eq!(v["sock"], "1234");
+    }
+
+    #[test]
+    fn sockets_are_written_in_hex_as_format_writes_them() {
+        for n in [0, 1, 0xf, 0x10, 0x1234_abcd, u64::MAX] {
+            let mut out = Vec::new();
+            write_hex(&mut out, n).expect("writes to a Vec");
+            assert_eq!(String::from_utf8(out).expect("UTF-8"), format!("{n:x}"));
+        }
     }
 
     #[test]
