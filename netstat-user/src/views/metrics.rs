@@ -6,7 +6,9 @@
 //! and go the number of series stays the same: 28 socket gauges, 4
 //! listener gauges, at most 12 x 12 transition pairs.
 
-use std::{collections::HashMap, fmt::Display, fmt::Write as _};
+use std::{fmt::Display, fmt::Write as _};
+
+use foldhash::HashMap;
 
 use crate::{
     decode::TcpState,
@@ -29,8 +31,8 @@ const UDP_STATES: [&str; 2] = ["UNCONN", "ESTABLISHED"];
 /// Every metric, from the live table, the event totals since start, the
 /// events lost since start and bnetstat's own use.
 pub fn render(model: &Model, counters: &Counters, lost: Lost, usage: &SelfUsage) -> String {
-    let mut by_state: HashMap<(&str, &str), u64> = HashMap::new();
-    let mut listeners: HashMap<&str, u64> = HashMap::new();
+    let mut by_state: HashMap<(&str, &str), u64> = HashMap::default();
+    let mut listeners: HashMap<&str, u64> = HashMap::default();
     for (_, s) in model.iter() {
         *by_state.entry((proto_name(s), state_label(s))).or_default() += 1;
         if is_listening(s.proto, s.state) {
