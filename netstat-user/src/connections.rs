@@ -49,7 +49,8 @@ pub fn run(kernel: &mut Kernel, opts: &Options, out: &mut impl Write) -> Result<
     loop {
         apply_pending(kernel, &mut model);
         model.prune(clock::boottime_ns());
-        // The seed read the first table's queues; no event carries them.
+        // The seed read the first table's queues and timers; no event
+        // carries them.
         if !first && opts.view.inet() {
             let others = match opts.view.netns {
                 Some(_) => Vec::new(),
@@ -57,6 +58,11 @@ pub fn run(kernel: &mut Kernel, opts: &Options, out: &mut impl Write) -> Result<
             };
             for q in kernel.queues(&others)? {
                 model.queues(q.sock, q.recv_q, q.send_q);
+            }
+            if opts.view.timers {
+                for (cookie, timer) in seed::timers(&scope(&opts.view))? {
+                    model.timer(cookie, timer);
+                }
             }
         }
         first = false;

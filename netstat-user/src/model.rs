@@ -481,6 +481,13 @@ impl Model {
         }
     }
 
+    /// Sets a row's timer to what the kernel reads now, as [`Self::queues`].
+    pub fn timer(&mut self, cookie: u64, timer: Option<Timer>) {
+        if let Some(&i) = self.slots.get(&cookie) {
+            self.socks[i].timer = timer;
+        }
+    }
+
     /// How many sockets it tracks.
     pub fn len(&self) -> usize {
         self.socks.len()
@@ -903,15 +910,21 @@ mod tests {
     }
 
     #[test]
-    fn queues_read_afresh_change_only_rows_the_table_has() {
+    fn queues_and_timers_read_afresh_change_only_rows_the_table_has() {
         let mut m = Model::default();
         listeners(&mut m, [1]);
+        let keepalive = Timer {
+            kind: TimerKind::Keepalive,
+            left_ms: 7_000,
+            retransmits: 0,
+        };
         m.queues(1, 3, 128);
+        m.timer(1, Some(keepalive));
         m.queues(2, 9, 9);
-        assert_eq!(
-            m.get(1).map(|s| (s.recv_q, s.send_q)),
-            Some((Some(3), Some(128)))
-        );
+        m.timer(2, Some(keepalive));
+        let row = m.get(1).expect("row");
+        assert_eq!((row.recv_q, row.send_q), (Some(3), Some(128)));
+        assert_eq!(row.timer, Some(keepalive));
         assert_eq!(m.len(), 1, "no row for a socket its events never showed");
         assert_consistent(&m);
     }

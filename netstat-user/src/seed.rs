@@ -24,6 +24,7 @@ pub fn own_netns() -> Result<u32> {
 
 /// Which sockets a snapshot takes: dumping only what will be shown is most
 /// of what makes a cold start fast.
+#[derive(Clone)]
 pub struct Scope {
     pub protos: Vec<Proto>,
     /// `AF_INET`, `AF_INET6`.
@@ -46,18 +47,9 @@ impl Scope {
 /// Takes the snapshot at `now_ns` (`CLOCK_BOOTTIME`) and tells the kernel
 /// side the owners it found.
 pub fn take(kernel: &mut Kernel, now_ns: u64, scope: &Scope) -> Result<Vec<(u64, Sock)>> {
-    let dump = || dump_all(scope);
     // Sockets first, then files: a socket the dump saw and that still exists
     // has its file in the later walk.
-    let mut diag = vec![(own_netns()?, dump()?)];
-    if scope.all_netns {
-        for ns in netns::others()? {
-            // A namespace that vanished since it was listed has no sockets.
-            if let Ok(Ok(socks)) = netns::inside(&ns, dump) {
-                diag.push((ns.inode, socks));
-            }
-        }
-    }
+    let diag = dump_scope(scope)?;
     let owners = owners_by_inode(&kernel.socket_files()?);
     let rows: Vec<(u64, Sock)> = diag
         .into_iter()
@@ -157,6 +149,39 @@ pub fn unix(kernel: &mut Kernel) -> Result<Vec<crate::views::unix::Row>> {
         .collect())
 }
 
+/// Every TCP socket's timer now, by cookie, for `-o` redisplays: timers
+/// run down with no event to tell, and `sock_diag` is what reports them in
+/// milliseconds. The rows themselves still come only from events.
+pub fn timers(scope: &Scope) -> Result<Vec<(u64, Option<Timer>)>> {
+    if !scope.protos.contains(&Proto::Tcp) {
+        return Ok(Vec::new());
+    }
+    let tcp = Scope {
+        protos: vec![Proto::Tcp],
+        ..scope.clone()
+    };
+    Ok(dump_scope(&tcp)?
+        .into_iter()
+        .flat_map(|(_, socks)| socks)
+        .map(|d| (d.cookie, timer(&d)))
+        .collect())
+}
+
+/// The sockets in `scope`, by the inode of their network namespace.
+fn dump_scope(scope: &Scope) -> Result<Vec<(u32, Vec<DiagSocket>)>> {
+    let dump = || dump_all(scope);
+    let mut diag = vec![(own_netns()?, dump()?)];
+    if scope.all_netns {
+        for ns in netns::others()? {
+            // A namespace that vanished since it was listed has no sockets.
+            if let Ok(Ok(socks)) = netns::inside(&ns, dump) {
+                diag.push((ns.inode, socks));
+            }
+        }
+    }
+    Ok(diag)
+}
+
 /// The sockets in `scope` of the calling thread's network namespace.
 fn dump_all(scope: &Scope) -> Result<Vec<DiagSocket>> {
     let mut all = Vec::new();
@@ -205,11 +230,7 @@ fn sock(d: DiagSocket, owner: Option<Owner>, netns: u32, now_ns: u64) -> Option<
     } else {
         Family::Inet
     };
-    let timer = timer_kind(d.timer).map(|kind| Timer {
-        kind,
-        left_ms: d.timer_ms,
-        retransmits: d.retrans,
-    });
+    let timer = timer(&d);
     let expires_ns = (state == TcpState::TimeWait)
         .then(|| now_ns.saturating_add(u64::from(d.timer_ms) * 1_000_000));
     Some(Sock {
@@ -229,6 +250,15 @@ fn sock(d: DiagSocket, owner: Option<Owner>, netns: u32, now_ns: u64) -> Option<
         timer,
         since_ns: None,
         expires_ns,
+    })
+}
+
+/// The timer a `sock_diag` record reports.
+fn timer(d: &DiagSocket) -> Option<Timer> {
+    timer_kind(d.timer).map(|kind| Timer {
+        kind,
+        left_ms: d.timer_ms,
+        retransmits: d.retrans,
     })
 }
 

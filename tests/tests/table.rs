@@ -429,3 +429,74 @@ fn ss_recv_q(port: u16) -> u64 {
         .and_then(|q| q.parse().ok())
         .unwrap_or_else(|| panic!("a Recv-Q in {line}"))
 }
+
+#[test]
+fn a_redisplay_with_timers_shows_a_keepalive_set_after_the_first_table() {
+    const HEADER: &str = "Active Internet connections";
+    let dir = TempDir::new();
+    let port = free_port("127.0.0.1");
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("listen");
+    let out = dir.path().join("tables");
+    let _bnetstat = Stopper(
+        Command::new(bnetstat_bin())
+            .args(["-tno", "--port", &port.to_string(), "0.3"])
+            .stdout(std::fs::File::create(&out).expect("stdout file"))
+            .start(),
+    );
+    let deadline = Instant::now() + T;
+    while !std::fs::read_to_string(&out)
+        .unwrap_or_default()
+        .contains(HEADER)
+    {
+        assert!(Instant::now() < deadline, "no first table");
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    // Made after the first table, with its keepalive due in 100 s.
+    let client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let (_server, _) = listener.accept().expect("accept");
+    keepalive(&client, 100);
+    let endpoint = format!("127.0.0.1:{} ", client.local_addr().expect("addr").port());
+    let line = loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        // The last complete table: the one before the one being written.
+        let last = text.rsplit(HEADER).nth(1).unwrap_or_default();
+        let row = last
+            .lines()
+            .find(|l| l.contains(&endpoint) && l.contains("keepalive ("));
+        if let Some(row) = row {
+            break row.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no keepalive timer:\n{text}");
+        thread::sleep(Duration::from_millis(100));
+    };
+    let left: f64 = line
+        .split("keepalive (")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|secs| secs.parse().ok())
+        .unwrap_or_else(|| panic!("seconds left in {line}"));
+    assert!((90.0..=100.0).contains(&left), "{line}");
+}
+
+/// Turns keepalive on for `stream`, first probe after `idle_s` seconds.
+fn keepalive(stream: &TcpStream, idle_s: libc::c_int) {
+    use std::os::fd::AsRawFd as _;
+    let fd = stream.as_raw_fd();
+    for (level, option, value) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle_s),
+    ] {
+        // SAFETY: an int option on a socket we own.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                option,
+                (&raw const value).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
+    }
+}
