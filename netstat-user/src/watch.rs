@@ -23,7 +23,7 @@ use ratatui::{Terminal, backend::CrosstermBackend};
 
 use crate::{
     clock, connections,
-    decode::decode,
+    decode::{self, decode},
     kernel::Kernel,
     model::{Change, Model},
     names::SystemNames,
@@ -85,6 +85,18 @@ fn show(
     let mut last_frame: Option<Instant> = None;
     let mut frame_us = None;
     let mut dirty = true;
+    // Names come in the background; a later frame shows them. Asked for
+    // every row once, then for the addresses events bring: asking for all
+    // of 100,000 rows again each frame cost more than the frame.
+    let selection = table::Selection::new(select);
+    names.prefetch(
+        model
+            .rows()
+            .filter(|(b, _)| selection.picks(b))
+            .flat_map(|(_, s)| [s.laddr, s.raddr]),
+        Duration::ZERO,
+    );
+    let mut fresh = Vec::new();
     loop {
         if signals::stop_requested() {
             return Ok(());
@@ -116,6 +128,7 @@ fn show(
             // A record this build cannot read says nothing about the table.
             if let Ok(event) = decode(record) {
                 events += 1;
+                fresh.extend(addresses(&event));
                 state.note(model.apply(&event), now);
             }
         });
@@ -136,15 +149,7 @@ fn show(
             frame_us,
         };
         let started = Instant::now();
-        // Names come in the background; a later frame shows them.
-        let selection = table::Selection::new(select);
-        names.prefetch(
-            model
-                .rows()
-                .filter(|(b, _)| selection.picks(b))
-                .flat_map(|(_, s)| [s.laddr, s.raddr]),
-            Duration::ZERO,
-        );
+        names.prefetch(fresh.drain(..), Duration::ZERO);
         let mut shown = None;
         terminal
             .draw(|frame| {
@@ -165,6 +170,16 @@ fn show(
         last_frame = Some(Instant::now());
         dirty = false;
     }
+}
+
+/// The addresses an event names, for the name cache.
+fn addresses(event: &decode::Event) -> impl Iterator<Item = std::net::IpAddr> {
+    let (a, b) = match event {
+        decode::Event::StateChange(ev) => (Some(ev.laddr), Some(ev.raddr)),
+        decode::Event::Udp(ev) => (Some(ev.addr), None),
+        _ => (None, None),
+    };
+    a.into_iter().chain(b)
 }
 
 /// Events per second, counted over whole seconds.
