@@ -9,7 +9,7 @@ use std::{
     collections::BTreeMap,
     fs,
     io::{BufRead, BufReader},
-    net::TcpListener,
+    net::{TcpListener, UdpSocket},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, ExitStatus, Stdio},
@@ -113,10 +113,22 @@ impl Start for Command {
     }
 }
 
-/// A TCP port free on `addr` right now (the kernel picks it).
+/// A port free right now for TCP and UDP on both loopback addresses (the
+/// kernel picks it, bound on `addr`). All four, because tests filter rows
+/// by port number alone and run at once: a port one test holds for UDP, or
+/// on the other family, must not be another's.
 pub fn free_port(addr: &str) -> u16 {
-    let l = TcpListener::bind((addr, 0)).unwrap_or_else(|e| panic!("bind {addr}:0: {e}"));
-    l.local_addr().expect("local_addr").port()
+    loop {
+        let l = TcpListener::bind((addr, 0)).unwrap_or_else(|e| panic!("bind {addr}:0: {e}"));
+        let port = l.local_addr().expect("local_addr").port();
+        let free = ["127.0.0.1", "::1"].into_iter().all(|other| {
+            UdpSocket::bind((other, port)).is_ok()
+                && (other == addr || TcpListener::bind((other, port)).is_ok())
+        });
+        if free {
+            return port;
+        }
+    }
 }
 
 /// Reads lines from `out` until one equals `want`; panics after `timeout`.

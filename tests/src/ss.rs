@@ -21,9 +21,13 @@ pub struct Row {
 }
 
 impl Row {
-    /// Whether either end uses one of `ports`.
-    pub fn uses_any(&self, ports: &[u16]) -> bool {
-        ports.contains(&self.lport) || ports.contains(&self.rport)
+    /// Whether either end uses one of `ports`, each a protocol (`tcp`,
+    /// `udp6`...) and a port: tests run at once on one kernel, and a port
+    /// number one holds in one protocol may be another's in the next.
+    pub fn uses_any(&self, ports: &[(&str, u16)]) -> bool {
+        ports
+            .iter()
+            .any(|&(proto, port)| proto == self.proto && (port == self.lport || port == self.rport))
     }
 
     /// The row without its owners, for comparing socket sets.

@@ -39,7 +39,18 @@ impl Ports {
     }
 
     fn all(&self) -> Vec<u16> {
-        vec![self.tcp4, self.tcp6, self.udp4, self.udp6, self.udp_client]
+        self.typed().into_iter().map(|(_, port)| port).collect()
+    }
+
+    /// Each port with the protocol the scene uses it for.
+    fn typed(&self) -> Vec<(&'static str, u16)> {
+        vec![
+            ("tcp", self.tcp4),
+            ("tcp6", self.tcp6),
+            ("udp", self.udp4),
+            ("udp6", self.udp6),
+            ("udp", self.udp_client),
+        ]
     }
 }
 
@@ -74,7 +85,7 @@ fn start_scene(dir: &TempDir, p: &Ports, ns: &NetNs) -> (Holder, Holder, Holder)
     (server, client, twin)
 }
 
-fn rows_on(rows: impl IntoIterator<Item = Row>, ports: &[u16]) -> Vec<Row> {
+fn rows_on(rows: impl IntoIterator<Item = Row>, ports: &[(&str, u16)]) -> Vec<Row> {
     rows.into_iter().filter(|r| r.uses_any(ports)).collect()
 }
 
@@ -89,9 +100,9 @@ fn the_table_matches_ss_row_for_row() {
         bnetstat_json(&["-tuanp", "--json"])
             .iter()
             .map(from_bnetstat),
-        &p.all(),
+        &p.typed(),
     );
-    let theirs = rows_on(ss(), &p.all());
+    let theirs = rows_on(ss(), &p.typed());
     // 2 listeners + 2 established pairs + 2 bound + 1 connected UDP.
     assert_eq!(ours.len(), 9, "{ours:#?}");
     assert_same(&ours, &theirs);
@@ -165,8 +176,8 @@ fn an_interval_table_follows_the_scene_from_events_alone() {
     );
     let first = wait_for_tables(&stdout, 1);
     assert_same(
-        &rows_on(first[0].clone(), &p.all()),
-        &rows_on(ss(), &p.all()),
+        &rows_on(first[0].clone(), &p.typed()),
+        &rows_on(ss(), &p.typed()),
     );
 
     // Change the scene: the client goes away (its connections close), and a
@@ -183,8 +194,10 @@ fn an_interval_table_follows_the_scene_from_events_alone() {
     let seen = wait_for_tables(&stdout, 1).len();
     let tables = wait_for_tables(&stdout, seen + 1);
     let theirs = ss();
-    let ours = rows_on(tables[seen].clone(), &ports);
-    assert_same(&ours, &rows_on(theirs, &ports));
+    let mut typed = p.typed();
+    typed.extend([("tcp", late_tcp), ("udp", late_udp)]);
+    let ours = rows_on(tables[seen].clone(), &typed);
+    assert_same(&ours, &rows_on(theirs, &typed));
     assert!(
         ours.iter().any(|r| r.state == "TIME_WAIT"),
         "closed connections linger: {ours:#?}"
@@ -370,9 +383,12 @@ fn wait_for_json_tables(path: &std::path::Path, n: usize) -> Vec<Vec<serde_json:
 #[test]
 fn a_redisplay_shows_each_sockets_queues_as_they_are_now() {
     let dir = TempDir::new();
-    let (tcp, udp) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
-    let listener = TcpListener::bind(("127.0.0.1", tcp)).expect("listen");
-    let _receiver = UdpSocket::bind(("127.0.0.1", udp)).expect("bind");
+    // Bound at once to ports the kernel picks: no window in which another
+    // test takes them.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let receiver = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let tcp = listener.local_addr().expect("addr").port();
+    let udp = receiver.local_addr().expect("addr").port();
     let out = dir.path().join("tables");
     let _bnetstat = Stopper(
         Command::new(bnetstat_bin())
@@ -382,12 +398,16 @@ fn a_redisplay_shows_each_sockets_queues_as_they_are_now() {
             .start(),
     );
     let first = wait_for_json_tables(&out, 1);
-    let queues = |rows: &[serde_json::Value], lport: u16, rport: u16| {
+    // Another test may hold the same port number in the other protocol.
+    let queues = |rows: &[serde_json::Value], proto: &str, lport: u16, rport: u16| {
         rows.iter()
-            .find(|r| r["lport"] == lport && r["rport"] == rport)
+            .find(|r| r["proto"] == proto && r["lport"] == lport && r["rport"] == rport)
             .map(|r| (r["recv_q"].clone(), r["send_q"].clone()))
     };
-    assert_eq!(queues(&first[0], tcp, 0), Some((0.into(), 128.into())));
+    assert_eq!(
+        queues(&first[0], "tcp", tcp, 0),
+        Some((0.into(), 128.into()))
+    );
 
     // After the first table: 1234 bytes the server has not read, a
     // connection the listener has not accepted, and a datagram waiting.
@@ -406,26 +426,30 @@ fn a_redisplay_shows_each_sockets_queues_as_they_are_now() {
     let table = loop {
         let tables = wait_for_json_tables(&out, 1);
         let last = tables.last().cloned().unwrap_or_default();
-        if queues(&last, tcp, client_port).is_some_and(|(r, _)| r == 1234) {
+        if queues(&last, "tcp", tcp, client_port).is_some_and(|(r, _)| r == 1234) {
             break last;
         }
         assert!(Instant::now() < deadline, "no unread bytes shown: {last:?}");
         thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(queues(&table, tcp, 0), Some((1.into(), 128.into())));
-    assert_eq!(queues(&table, udp, 0), Some((udp_q.into(), 0.into())));
+    assert_eq!(queues(&table, "tcp", tcp, 0), Some((1.into(), 128.into())));
+    assert_eq!(
+        queues(&table, "udp", udp, 0),
+        Some((udp_q.into(), 0.into()))
+    );
 }
 
-/// Recv-Q of the socket bound to `port`, as `ss` shows it.
+/// Recv-Q of the UDP socket bound to `port`, as `ss` shows it.
 fn ss_recv_q(port: u16) -> u64 {
     let out = Command::new("ss")
-        .args(["-tuanH", &format!("sport = :{port}")])
+        .args(["-uanH", &format!("sport = :{port}")])
         .output()
         .expect("ss");
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().next().expect("ss shows the socket");
+    // `-u` alone prints no Netid column: State, then Recv-Q.
     line.split_whitespace()
-        .nth(2)
+        .nth(1)
         .and_then(|q| q.parse().ok())
         .unwrap_or_else(|| panic!("a Recv-Q in {line}"))
 }
@@ -434,8 +458,8 @@ fn ss_recv_q(port: u16) -> u64 {
 fn a_redisplay_with_timers_shows_a_keepalive_set_after_the_first_table() {
     const HEADER: &str = "Active Internet connections";
     let dir = TempDir::new();
-    let port = free_port("127.0.0.1");
-    let listener = TcpListener::bind(("127.0.0.1", port)).expect("listen");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port();
     let out = dir.path().join("tables");
     let _bnetstat = Stopper(
         Command::new(bnetstat_bin())
