@@ -17,7 +17,7 @@ use crate::{
     kernel::Kernel,
     model::Model,
     names::SystemNames,
-    netns, seed, signals,
+    seed, signals,
     sockdiag::Proto,
     views::{table, unix},
 };
@@ -40,7 +40,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// Prints the table once, or every interval until stopped.
 pub fn run(kernel: &mut Kernel, opts: &Options, out: &mut impl Write) -> Result<()> {
     let mut model = Model::default();
-    for (cookie, sock) in seed::take(kernel, clock::boottime_ns(), &scope(&opts.view))? {
+    let scope = scope(&opts.view);
+    let own_netns = seed::own_netns()?;
+    for (cookie, sock) in seed::take(kernel, clock::boottime_ns(), &scope)? {
         model.seed(cookie, sock);
     }
     let names = SystemNames::new(opts.numeric);
@@ -50,17 +52,20 @@ pub fn run(kernel: &mut Kernel, opts: &Options, out: &mut impl Write) -> Result<
         apply_pending(kernel, &mut model);
         model.prune(clock::boottime_ns());
         // The seed read the first table's queues and timers; no event
-        // carries them.
+        // carries them. The walk that reads the queues also finds the
+        // `TIME_WAIT` sockets the kernel ended early.
         if !first && opts.view.inet() {
-            let others = match opts.view.netns {
-                Some(_) => Vec::new(),
-                None => netns::others()?,
-            };
-            for q in kernel.queues(&others)? {
-                model.queues(q.sock, q.recv_q, q.send_q);
+            let others = scope.others()?;
+            for (netns, queues) in kernel.queues(&scope.protos, own_netns, &others)? {
+                for q in &queues {
+                    model.queues(q.sock, q.recv_q, q.send_q);
+                }
+                if scope.protos.contains(&Proto::Tcp) {
+                    model.time_waits_gone(netns, &queues.iter().map(|q| q.sock).collect());
+                }
             }
             if opts.view.timers {
-                for (cookie, timer) in seed::timers(&scope(&opts.view))? {
+                for (cookie, timer) in seed::timers(&scope, &others)? {
                     model.timer(cookie, timer);
                 }
             }

@@ -26,6 +26,7 @@ use netstat_common::{
 use crate::{
     netns::{self, NetNs},
     offsets,
+    sockdiag::Proto,
 };
 
 /// The eBPF object, built by build.rs.
@@ -55,7 +56,10 @@ const UDP_ADDR_HOOKS: [&str; 2] = ["udp_connect4", "udp_connect6"];
 /// The iterator that lists every process's socket files.
 const OWNERS_ITERATOR: (&str, &str) = ("socket_owners", "task_file");
 /// The iterators that read every socket's queues, one per protocol.
-const QUEUE_ITERATORS: [(&str, &str); 2] = [("tcp_queues", "tcp"), ("udp_queues", "udp")];
+const QUEUE_ITERATORS: [(Proto, (&str, &str)); 2] = [
+    (Proto::Tcp, ("tcp_queues", "tcp")),
+    (Proto::Udp, ("udp_queues", "udp")),
+];
 /// The program whose nesting misses `inet_sock_set_state_nested` makes up for.
 const STATE_PROGRAM: &str = "inet_sock_set_state";
 
@@ -141,7 +145,7 @@ impl Kernel {
         }
         let iterators = [(opts.sockets, OWNERS_ITERATOR)]
             .into_iter()
-            .chain(QUEUE_ITERATORS.map(|it| (opts.queues, it)));
+            .chain(QUEUE_ITERATORS.map(|(_, it)| (opts.queues, it)));
         for (name, target) in iterators.filter(|(on, _)| *on).map(|(_, it)| it) {
             let iter: &mut Iter = program(&mut ebpf, name)?.try_into()?;
             iter.load(target, &btf)
@@ -215,22 +219,39 @@ impl Kernel {
         Ok(records(&bytes))
     }
 
-    /// Every TCP and UDP socket's queues now, in bnetstat's own network
-    /// namespace and in each of `others`: an iterator walks the sockets of
-    /// the namespace that opens it.
-    pub fn queues(&mut self, others: &[NetNs]) -> Result<Vec<SocketQueues>> {
-        let mut bytes = Vec::new();
-        for (name, _) in QUEUE_ITERATORS {
-            bytes.extend(read_walk(self.iterator(name)?).context("reading socket queues")?);
-            for ns in others {
-                let walk = self.iterator(name)?;
-                // A namespace that vanished since it was listed has no sockets.
-                if let Ok(Ok(more)) = netns::inside(ns, || read_walk(walk)) {
-                    bytes.extend(more);
-                }
+    /// The queues of every socket of `protos` now, in bnetstat's own
+    /// network namespace (`own`) and in each of `others` it can still
+    /// enter, by namespace inode: an iterator walks the sockets of the
+    /// namespace that opens it.
+    pub fn queues(
+        &mut self,
+        protos: &[Proto],
+        own: u32,
+        others: &[NetNs],
+    ) -> Result<Vec<(u32, Vec<SocketQueues>)>> {
+        let names: Vec<&str> = QUEUE_ITERATORS
+            .iter()
+            .filter(|(p, _)| protos.contains(p))
+            .map(|(_, (name, _))| *name)
+            .collect();
+        let mut links =
+            || -> Result<Vec<IterLink>> { names.iter().map(|name| self.iterator(name)).collect() };
+        let read_all = |walks: Vec<IterLink>| -> Result<Vec<SocketQueues>> {
+            let mut bytes = Vec::new();
+            for walk in walks {
+                bytes.extend(read_walk(walk)?);
+            }
+            Ok(records(&bytes))
+        };
+        let mut all = vec![(own, read_all(links()?).context("reading socket queues")?)];
+        for ns in others {
+            let walks = links()?;
+            // A namespace that vanished since it was listed has no sockets.
+            if let Ok(Ok(queues)) = netns::inside(ns, || read_all(walks)) {
+                all.push((ns.inode, queues));
             }
         }
-        Ok(records(&bytes))
+        Ok(all)
     }
 
     /// A fresh link of the iterator program `name`, ready to be opened.

@@ -481,6 +481,24 @@ impl Model {
         }
     }
 
+    /// Drops the `TIME_WAIT` rows of namespace `netns` that a walk of every
+    /// TCP socket there did not find among `alive`: the kernel ends one
+    /// early with no event, when a reset reaches it. (Its socket is in the
+    /// kernel's tables before the close that makes the row, so a walk after
+    /// that close finds it.)
+    pub fn time_waits_gone(&mut self, netns: u32, alive: &HashSet<u64>) {
+        let gone: Vec<u64> = self
+            .briefs
+            .iter()
+            .filter(|b| b.state == TcpState::TimeWait && b.netns == netns)
+            .map(|b| b.cookie)
+            .filter(|cookie| !alive.contains(cookie))
+            .collect();
+        for cookie in gone {
+            self.remove(cookie);
+        }
+    }
+
     /// Sets a row's timer to what the kernel reads now, as [`Self::queues`].
     pub fn timer(&mut self, cookie: u64, timer: Option<Timer>) {
         if let Some(&i) = self.slots.get(&cookie) {
@@ -994,6 +1012,32 @@ mod tests {
         assert_eq!(brief(&m, 2).map(|b| b.state), Some(TimeWait));
         m.apply(&udp(1, UdpOp::Close, 0));
         assert_eq!(brief(&m, 1), None);
+    }
+
+    #[test]
+    fn a_time_wait_a_walk_of_its_namespace_did_not_find_is_gone() {
+        let mut m = Model::default();
+        for (cookie, state, netns) in [
+            (1, TimeWait, 1),
+            (2, TimeWait, 1),
+            (3, Established, 1),
+            (4, TimeWait, 2),
+        ] {
+            m.seed(
+                cookie,
+                Sock {
+                    netns,
+                    ..seeded(state, None)
+                },
+            );
+        }
+        // Namespace 1's walk found 2 but not 1 (a reset ended it) nor 3,
+        // which is no TIME_WAIT and so is left to its events; namespace 2
+        // was not walked.
+        m.time_waits_gone(1, &[2].into_iter().collect());
+        assert_eq!(cookies(&m), [2, 3, 4]);
+        assert!(!m.time_wait.values().any(|&c| c == 1));
+        assert_consistent(&m);
     }
 
     #[test]

@@ -34,6 +34,15 @@ pub struct Scope {
 }
 
 impl Scope {
+    /// The network namespaces it covers besides bnetstat's own.
+    pub fn others(&self) -> Result<Vec<netns::NetNs>> {
+        if self.all_netns {
+            netns::others()
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
     /// Every socket of `protos`, both families, every network namespace.
     pub fn everywhere(protos: &[Proto]) -> Scope {
         Scope {
@@ -49,7 +58,7 @@ impl Scope {
 pub fn take(kernel: &mut Kernel, now_ns: u64, scope: &Scope) -> Result<Vec<(u64, Sock)>> {
     // Sockets first, then files: a socket the dump saw and that still exists
     // has its file in the later walk.
-    let diag = dump_scope(scope)?;
+    let diag = dump_scope(scope, &scope.others()?)?;
     let owners = owners_by_inode(&kernel.socket_files()?);
     let rows: Vec<(u64, Sock)> = diag
         .into_iter()
@@ -151,8 +160,9 @@ pub fn unix(kernel: &mut Kernel) -> Result<Vec<crate::views::unix::Row>> {
 
 /// Every TCP socket's timer now, by cookie, for `-o` redisplays: timers
 /// run down with no event to tell, and `sock_diag` is what reports them in
-/// milliseconds. The rows themselves still come only from events.
-pub fn timers(scope: &Scope) -> Result<Vec<(u64, Option<Timer>)>> {
+/// milliseconds. The rows themselves still come only from events. `others`
+/// are the namespaces besides bnetstat's own, as [`Scope::others`] lists.
+pub fn timers(scope: &Scope, others: &[netns::NetNs]) -> Result<Vec<(u64, Option<Timer>)>> {
     if !scope.protos.contains(&Proto::Tcp) {
         return Ok(Vec::new());
     }
@@ -160,23 +170,22 @@ pub fn timers(scope: &Scope) -> Result<Vec<(u64, Option<Timer>)>> {
         protos: vec![Proto::Tcp],
         ..scope.clone()
     };
-    Ok(dump_scope(&tcp)?
+    Ok(dump_scope(&tcp, others)?
         .into_iter()
         .flat_map(|(_, socks)| socks)
         .map(|d| (d.cookie, timer(&d)))
         .collect())
 }
 
-/// The sockets in `scope`, by the inode of their network namespace.
-fn dump_scope(scope: &Scope) -> Result<Vec<(u32, Vec<DiagSocket>)>> {
+/// The sockets in `scope`, in bnetstat's namespace and in `others`, by the
+/// inode of their network namespace.
+fn dump_scope(scope: &Scope, others: &[netns::NetNs]) -> Result<Vec<(u32, Vec<DiagSocket>)>> {
     let dump = || dump_all(scope);
     let mut diag = vec![(own_netns()?, dump()?)];
-    if scope.all_netns {
-        for ns in netns::others()? {
-            // A namespace that vanished since it was listed has no sockets.
-            if let Ok(Ok(socks)) = netns::inside(&ns, dump) {
-                diag.push((ns.inode, socks));
-            }
+    for ns in others {
+        // A namespace that vanished since it was listed has no sockets.
+        if let Ok(Ok(socks)) = netns::inside(ns, dump) {
+            diag.push((ns.inode, socks));
         }
     }
     Ok(diag)
