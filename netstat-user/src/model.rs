@@ -536,7 +536,7 @@ impl Sock {
     }
 
     /// A row with nothing known but what it is: addresses unspecified.
-    fn new(proto: Proto, family: Family, state: TcpState, netns: u32) -> Sock {
+    pub(crate) fn new(proto: Proto, family: Family, state: TcpState, netns: u32) -> Sock {
         let unspecified = match family {
             Family::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             Family::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),

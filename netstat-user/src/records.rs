@@ -430,22 +430,12 @@ mod tests {
     fn existing_listeners_and_bound_udp_sockets_are_recorded_as_existing() {
         use crate::model::Sock;
         let sock = |proto, state, lport| Sock {
-            proto,
-            family: Family::Inet,
             laddr: LOCAL,
             lport,
             raddr: LOCAL,
-            rport: 0,
-            state,
-            netns: 9,
             owner: owner(3),
             uid: Some(0),
-            inode: None,
-            recv_q: None,
-            send_q: None,
-            timer: None,
-            since_ns: None,
-            expires_ns: None,
+            ..Sock::new(proto, Family::Inet, state, 9)
         };
         let mut r = Recorder::new(false);
         let l = r.existing(1, 100, &sock(Proto::Tcp, TcpState::Listen, 22));

@@ -211,22 +211,10 @@ mod tests {
             Family::Inet6
         };
         Sock {
-            proto,
-            family,
             laddr,
             lport: port,
             raddr: laddr,
-            rport: 0,
-            state,
-            netns: 1,
-            owner: None,
-            uid: None,
-            inode: None,
-            recv_q: None,
-            send_q: None,
-            timer: None,
-            since_ns: None,
-            expires_ns: None,
+            ..Sock::new(proto, family, state, 1)
         }
     }
 
